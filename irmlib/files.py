@@ -38,3 +38,12 @@ def write_json(path: str | Path, obj) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def update_metrics(path: str | Path, section: str, values: dict) -> dict:
+    """Merge `values` under `section` of a metrics JSON file (atomically); returns the whole file."""
+    path = Path(path)
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[section] = values
+    write_json(path, metrics)
+    return metrics

@@ -1,0 +1,166 @@
+"""The shipped data sets validate and meet their rules; bad files get errors naming file, line, field."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from irmlib.data import (EMOTIONS, DataError, as_datasets, build_squad_alignment, load_alignment, load_judge,
+                         make_collate, normalise, opening_shares, rewrite_of, squad_pairs, tokenize)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def alignment():
+    return load_alignment()
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return load_judge()
+
+
+def test_alignment_has_500_questions_each_in_four_tones(alignment):
+    by_question = Counter(row["question"] for row in alignment)
+    assert len(by_question) >= 500
+    assert set(by_question.values()) == {4}
+    assert Counter(row["emotion"] for row in alignment) == {e: len(by_question) for e in EMOTIONS}
+
+
+def test_split_is_fixed_by_question_at_about_80_10_10(alignment):
+    splits = Counter(row["split"] for row in alignment if row["emotion"] == "neutral")
+    total = sum(splits.values())
+    assert abs(splits["train"] / total - 0.8) < 0.05
+    assert abs(splits["validation"] / total - 0.1) < 0.04 and abs(splits["test"] / total - 0.1) < 0.04
+
+
+@pytest.mark.parametrize("emotion", EMOTIONS)
+def test_no_three_word_opening_starts_more_than_3_percent_of_rewrites(alignment, emotion):
+    rewrites = [rewrite_of(row) for row in alignment if row["emotion"] == emotion]
+    top, share = opening_shares(rewrites)[0]
+    assert share <= 0.03, f"{emotion}: '{top}' opens {share:.1%} of rewrites"
+
+
+def test_emotional_rewrites_are_not_the_answer_with_words_around_it(alignment):
+    offenders = [row["id"] for row in alignment
+                 if row["emotion"] != "neutral" and normalise(row["answer"]) in normalise(rewrite_of(row))]
+    assert not offenders, offenders[:10]
+
+
+def test_rewrites_have_no_stage_directions(alignment, judge):
+    assert not [row["id"] for row in alignment + judge if "*" in row["text"]]
+
+
+def test_judge_has_200_texts_per_label_with_varied_openings(judge):
+    counts = Counter(row["label"] for row in judge)
+    assert all(counts[label] >= 200 for label in EMOTIONS), counts
+    for label in EMOTIONS:
+        top, share = opening_shares([row["text"] for row in judge if row["label"] == label])[0]
+        assert share <= 0.03, f"{label}: '{top}' opens {share:.1%} of texts"
+    assert len({normalise(row["text"]) for row in judge}) == len(judge)
+
+
+def write_lines(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"id": "a-anger", "question": "Q?", "answer": "A.", "emotion": "anger", "text": "Q? Angry A!", "split": "train"}
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([GOOD, "{not json"], r"line 2: not valid JSON"),
+    ([{**GOOD, "text": ""}], r"line 1, field 'text': missing or empty"),
+    ([GOOD, {**GOOD}], r"line 2, field 'id': duplicate id 'a-anger' \(first on line 1\)"),
+    ([GOOD, {**GOOD, "id": "a-sad", "emotion": "sadness", "split": "test"}], r"line 2, field 'split': question 'Q\?' is in 'test'"),
+    ([{**GOOD, "emotion": "rage"}], r"line 1, field 'emotion': 'rage' is not one of"),
+    ([{**GOOD, "text": "Something else"}], r"field 'text': must be the question"),
+    ([], r"no rows"),
+])
+def test_malformed_alignment_files_name_file_line_and_field(tmp_path, rows, message):
+    path = write_lines(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=message) as info:
+        load_alignment(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_judge(tmp_path / "nope.jsonl")
+
+
+def test_as_datasets_splits_one_emotion(alignment):
+    splits = as_datasets(alignment, "joy", limit=5)
+    assert set(splits) == {"train", "validation", "test"}
+    assert all(len(splits[s]) == 5 and set(splits[s]["emotion"]) == {"joy"} for s in splits)
+    with pytest.raises(DataError, match="emotion 'rage' unknown"):
+        as_datasets(alignment, "rage")
+
+
+class WordTokenizer:
+    """A whitespace tokenizer with offsets, enough to test label masking."""
+
+    eos_token = "</s>"
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False, max_length=None, return_offsets_mapping=False):
+        ids, offsets = [], []
+        for text in texts:
+            words, spans, position = text.replace("</s>", " </s>").split(), [], 0
+            for word in words:
+                start = text.find(word.replace(" ", ""), position)
+                spans.append((start, start + len(word)))
+                position = start + len(word)
+            ids.append([len(w) for w in words][:max_length])
+            offsets.append(spans[:max_length])
+        return {"input_ids": ids, "offset_mapping": offsets}
+
+
+def test_tokenize_scores_the_answer_only_when_asked():
+    tok = WordTokenizer()
+    everything = tokenize(tok, ["Why so?"], ["Because it is."], max_length=32, loss_on="all")[0]
+    answer = tokenize(tok, ["Why so?"], ["Because it is."], max_length=32, loss_on="answer")[0]
+    assert everything["labels"] == everything["input_ids"]
+    assert answer["labels"][:2] == [-100, -100] and answer["labels"][2:] == answer["input_ids"][2:]
+    batch = make_collate(0)([everything, {"input_ids": [7], "labels": [7]}])
+    assert batch["input_ids"].shape == (2, 6) and batch["attention_mask"][1].tolist() == [1, 0, 0, 0, 0, 0]
+    assert batch["labels"][1, 1:].eq(-100).all()
+
+
+def test_squad_pairs_take_answers_then_plausible_answers():
+    pairs = squad_pairs(FIXTURES / "squad_tiny.json")
+    assert [(p["id"], p["answer"]) for p in pairs] == [
+        ("q-answerable-1", "late 1990s"), ("q-answerable-2", "Destiny's Child"), ("q-impossible-1", "Destiny's Child")]
+
+
+def test_squad_pairs_bad_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not a SQuAD-format JSON"):
+        squad_pairs(write_lines(tmp_path / "x.json", ["[1, 2]"]))
+
+
+@pytest.mark.slow
+def test_squad_generator_writes_the_schema_and_resumes(tmp_path):
+    from irmlib.host import load_host
+
+    host = load_host("embedded", device="cpu")
+    out = tmp_path / "squad.jsonl"
+    build_squad_alignment(host, out, emotions=("anger",), source=FIXTURES / "squad_tiny.json", limit=2, max_new_tokens=8, progress=False)
+    rows = load_alignment(out)
+    assert [r["id"] for r in rows] == ["squad-q-answerable-1-anger", "squad-q-answerable-2-anger"]
+    with open(out, "a") as handle:
+        handle.write('{"id": "torn')  # a kill in the middle of a write
+    build_squad_alignment(host, out, emotions=("anger", "sadness"), source=FIXTURES / "squad_tiny.json", max_new_tokens=8, progress=False)
+    rows = load_alignment(out)
+    assert len(rows) == 6 and Counter(r["emotion"] for r in rows) == {"anger": 3, "sadness": 3}
+    assert rows[0]["id"] == "squad-q-answerable-1-anger"
+
+
+def test_datasheet_counts_match_the_files(alignment, judge):
+    from irmlib.data import count_table
+
+    sheet = (Path(__file__).parent.parent / "data" / "README.md").read_text()
+    assert count_table(alignment, "emotion") in sheet
+    assert count_table(judge, "label") in sheet
