@@ -356,3 +356,20 @@ def count_table(rows: list[dict], label: str) -> str:
         cells = [counts[(value, split)] for split in SPLITS]
         lines.append(f"| {value} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
     return "\n".join(lines)
+
+
+def squad_output_path(profile) -> Path:
+    return profile.run_dir / "data" / "squad_alignment.jsonl"
+
+
+def profile_rows(profile) -> list[dict]:
+    """The alignment rows a profile trains on: the curated set, or the SQuAD-derived set that
+    notebook 01 builds for the paper profile."""
+    if profile.data == "curated":
+        return load_alignment()
+    if profile.data == "squad":
+        path = squad_output_path(profile)
+        if not path.exists():
+            raise DataError(f"{path} does not exist yet: run notebooks/01_data.ipynb with profile '{profile.name}' first; it builds the SQuAD data.")
+        return load_alignment(path)
+    raise DataError(f"Profile '{profile.name}' asks for data '{profile.data}'; choose 'curated' or 'squad'.")

@@ -40,10 +40,26 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def update_metrics(path: str | Path, section: str, values: dict) -> dict:
-    """Merge `values` under `section` of a metrics JSON file (atomically); returns the whole file."""
+def update_metrics(path: str | Path, section: str, values: dict) -> None:
+    """Merge `values` under `section` of a metrics JSON file, atomically."""
     path = Path(path)
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics[section] = values
     write_json(path, metrics)
-    return metrics
+
+
+def environment_report() -> dict:
+    """Versions and commit, for the last cell of every notebook."""
+    import platform
+    import subprocess
+
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            "commit": commit or "unknown"}

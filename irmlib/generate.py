@@ -70,3 +70,44 @@ def generate(host: Host, questions: list[str], injection: Injection | None = Non
     finally:
         tokenizer.padding_side = saved_side
     return results
+
+
+# Sample prompts from the paper (arXiv 2407.03621).
+PAPER_PROMPTS = (
+    "In which decade did Beyonce become famous?",
+    "In what device are small motors commonly found?",
+    "What do Elon Musk and Mark Zuckerberg have in common?",
+    "How many apples can fit in a basket?",
+    "What color is a cazoo?",
+)
+
+
+def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: str = "plain", new_tokens: int = 10,
+                        batch_size: int = 8) -> list[torch.Tensor]:
+    """The IRM outputs for each question's prompt tokens and its first `new_tokens` greedy
+    tokens (the paper averaged over the first generated tokens): one [tokens, injected_layers,
+    hidden] fp16 tensor per question."""
+    from .inject import inject
+
+    with inject(host, irm) as injection:
+        generations = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=new_tokens,
+                               batch_size=batch_size, capture=True)
+    return [g.irm_outputs for g in generations]
+
+
+def save_capture(path, irm_outputs: list[torch.Tensor]) -> int:
+    """Write captured IRM outputs as one safetensors file (atomically); returns its size in bytes."""
+    from safetensors.torch import save_file
+
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({f"seq{i:05d}": t.contiguous() for i, t in enumerate(irm_outputs)}, str(tmp))
+    return path.stat().st_size
+
+
+def load_capture(path) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    return [tensors[k] for k in sorted(tensors)]

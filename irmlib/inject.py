@@ -80,6 +80,7 @@ class Injection:
         self._capturing = False
         self._input_residual: torch.Tensor | None = None
         self._vectors: torch.Tensor | None = None
+        self._per_layer: tuple[torch.Tensor, ...] = ()
         self._handles = [
             host.layers[config.input_layer].register_forward_pre_hook(self._remember_input, with_kwargs=True),
             host.attention(config.input_layer).register_forward_hook(self._run_irm),
@@ -119,6 +120,8 @@ class Injection:
             keep[list(self._masked_indices)] = 0
             vectors = vectors * keep
         self._vectors = vectors
+        # One unbind, not a slice per layer: a slice's backward zero-fills the whole tensor each time.
+        self._per_layer = vectors.unbind(dim=2)
         if self._capturing:
             self.capture.add(vectors)
         return None
@@ -127,7 +130,7 @@ class Injection:
         def hook(module, args, output):
             if not self.active:
                 return None
-            return _add_to_output(output, self._vectors[:, :, slot, :])
+            return _add_to_output(output, self._per_layer[slot])
 
         return hook
 
@@ -160,7 +163,7 @@ class Injection:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._vectors = None
+        self._vectors, self._per_layer = None, ()
 
 
 @contextmanager

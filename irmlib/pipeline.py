@@ -31,6 +31,7 @@ def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = Fals
     if done.exists() and not force:
         print(f"[{name}] already done ({json.loads(done.read_text())['seconds']:.0f} s); --force reruns it")
         return None
+    out_dir.mkdir(parents=True, exist_ok=True)
     done.unlink(missing_ok=True)
     executed = out_dir / f"{name}.ipynb"
     print(f"[{name}] running ({profile_name} profile) -> {executed}")

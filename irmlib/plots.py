@@ -32,3 +32,93 @@ def length_distributions(lengths, hue: str, x: str = "words", title: str = "") -
     ax.set_ylabel("texts (count)")
     ax.set_title(title)
     return fig
+
+
+def loss_curves(history, smooth: int = 5) -> plt.Figure:
+    """Training loss (rolling mean over `smooth` steps) and validation loss per run.
+
+    history: long DataFrame with columns run, step, lm_loss, val_loss.
+    """
+    history = history.copy()
+    history["train (rolling mean)"] = history.groupby("run").lm_loss.transform(lambda s: s.rolling(smooth, min_periods=1).mean())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    sns.lineplot(data=history, x="step", y="train (rolling mean)", hue="run", ax=axes[0])
+    sns.lineplot(data=history.dropna(subset=["val_loss"]), x="step", y="val_loss", hue="run", marker="o", ax=axes[1], legend=False)
+    axes[0].set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)", title="training loss")
+    axes[1].set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)", title="validation loss (end of epoch)")
+    axes[0].legend(fontsize=8, ncol=2)
+    return fig
+
+
+def tradeoff(sweep) -> plt.Figure:
+    """Target-emotion probability against base-host perplexity as the IRM's scale alpha grows.
+
+    sweep: rows with emotion, alpha, p_target, perplexity (one per generation).
+    """
+    points = sweep.groupby(["emotion", "alpha"]).agg(p_target=("p_target", "mean"), perplexity=("perplexity", "median")).reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=points, x="perplexity", y="p_target", hue="emotion", marker="o", sort=False, ax=ax)
+    for row in points.itertuples():
+        ax.annotate(f"{row.alpha:g}", (row.perplexity, row.p_target), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set(xlabel="median perplexity under the base host (log scale)", ylabel="mean judge probability of the target emotion",
+           title="Alignment against fluency as alpha grows (labels: alpha)")
+    return fig
+
+
+def alignment_bars(summary) -> plt.Figure:
+    """Target-emotion probability, base vs IRM, per emotion, with 95% intervals (greedy)."""
+    import numpy as np
+
+    greedy = summary[summary["mode"] == "greedy"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = np.arange(len(greedy))
+    for offset, who, color in ((-0.2, "base", "#999999"), (0.2, "irm", "#c0392b")):
+        mean = greedy[f"p_target_{who}"].to_numpy()
+        err = np.vstack([mean - greedy[f"p_target_{who}_low"].to_numpy(), greedy[f"p_target_{who}_high"].to_numpy() - mean])
+        ax.bar(x + offset, mean, width=0.4, yerr=err, capsize=3, color=color, label="base host" if who == "base" else "with IRM")
+    ax.set_xticks(x, greedy.emotion)
+    ax.set(xlabel="target emotion", ylabel="judge probability of the target (0-1)", ylim=(0, 1), title="Alignment, greedy generations")
+    ax.legend()
+    return fig
+
+
+def striation_heatmaps(matrices: dict, dominant: dict, ncols: int = 2) -> plt.Figure:
+    """The paper's figure: mean |IRM output| as layer (rows) x hidden index (columns), one panel
+    per run, the dominant index marked with a dashed line."""
+    import numpy as np
+
+    names = list(matrices)
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        matrix = matrices[name]
+        image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=np.percentile(matrix, 99.9))
+        ax.axvline(dominant[name], color="cyan", lw=0.8, ls="--")
+        ax.set(title=f"{name} (dominant index {dominant[name]})", xlabel="hidden index", ylabel="injected layer")
+        fig.colorbar(image, ax=ax, label="mean |IRM output|")
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def correlation_matrix(corr, title: str) -> plt.Figure:
+    """A run-by-run correlation matrix (Spearman), annotated."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(corr), 0.6 + 0.65 * len(corr)))
+    sns.heatmap(corr, vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".2f", annot_kws={"fontsize": 7}, ax=ax,
+                cbar_kws={"label": "Spearman correlation"})
+    ax.set(title=title, xlabel="run", ylabel="run")
+    return fig
+
+
+def importance_scatter(table, x: str, y: str, label_indices: list[int], xlabel: str, ylabel: str, title: str) -> plt.Figure:
+    """Per hidden index, one property against another (log-log), chosen indices labelled."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sns.scatterplot(data=table, x=x, y=y, s=10, alpha=0.5, ax=ax, edgecolor=None)
+    for index in label_indices:
+        ax.annotate(str(index), (table.loc[index, x], table.loc[index, y]), color="#c0392b", fontsize=8,
+                    xytext=(3, 3), textcoords="offset points")
+        ax.scatter([table.loc[index, x]], [table.loc[index, y]], color="#c0392b", s=25)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    return fig

@@ -47,6 +47,7 @@ class Profile:
     l1: bool = False
     max_new_tokens: int = 48
     n_eval_prompts: int = 24
+    retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
     squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
     notes: str = ""
 
@@ -88,7 +89,7 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
     unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise ProfileError(f"Unknown profile field(s) {unknown} in profile '{name}'. Valid fields: {', '.join(sorted(FIELDS))}.")
-    for key in ("emotions", "seeds", "injected_layers"):
+    for key in ("emotions", "seeds", "injected_layers", "retrain_emotions"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     values["name"] = name

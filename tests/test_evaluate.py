@@ -1,0 +1,85 @@
+"""Scoring: repetition, intervals, perplexity on the embedded host, the judge, generation with capture."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from irmlib.evaluate import alignment_summary, distinct_n, mean_ci, perplexity
+
+
+def test_distinct_2_counts_repeated_word_pairs():
+    assert distinct_n("the cat sat on the mat") == 1.0
+    assert distinct_n("silicon silicon silicon silicon silicon") == 0.25
+    assert math.isnan(distinct_n("one"))
+
+
+def test_mean_ci_is_a_t_interval_and_ignores_nan():
+    mean, low, high = mean_ci([1.0, 2.0, 3.0, float("nan")])
+    assert mean == 2.0 and low < 2.0 < high
+    assert high - mean == pytest.approx(4.302653 * 1 / math.sqrt(3), rel=1e-5)
+    assert mean_ci([5.0]) == (5.0, 5.0, 5.0)
+
+
+def test_alignment_summary_compares_base_and_irm_per_emotion():
+    scored = pd.DataFrame({
+        "model": ["base", "base", "anger-seed0", "anger-seed0", "anger-seed1", "anger-seed1"],
+        "mode": ["greedy"] * 6,
+        "p_anger": [0.1, 0.2, 0.8, 0.9, 0.7, 0.6],
+        "perplexity": [5.0, 7.0, 20.0, 30.0, 25.0, 25.0],
+        "distinct_2": [1.0] * 6,
+    })
+    row = alignment_summary(scored, ("anger",)).iloc[0]
+    assert row.p_target_base == pytest.approx(0.15) and row.p_target_irm == pytest.approx(0.75)
+    assert row.perplexity_irm == pytest.approx(25.0) and row.n_irm == 4
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    from irmlib.host import load_host
+
+    return load_host("embedded", device="cpu")
+
+
+@pytest.mark.slow
+def test_perplexity_prefers_the_right_answer(embedded):
+    good, bad = perplexity(embedded, ["What is the capital of France?"] * 2,
+                           ["The capital of France is Paris.", "Banana seventeen purple under Paris the."], prompt_format="chat")
+    assert 1.0 < good < bad
+    assert np.isnan(perplexity(embedded, ["Hi?"], [""], prompt_format="chat")[0])
+
+
+@pytest.mark.slow
+def test_generation_with_capture_gives_one_tensor_per_sequence(embedded):
+    from irmlib.generate import generate
+    from irmlib.inject import inject
+    from irmlib.irm import IRM, IRMConfig
+
+    torch.manual_seed(0)
+    irm = IRM(IRMConfig.for_host(embedded, injected_layers=(0, 10, 29)))
+    questions = ["What is the capital of France?", "Name a colour."]
+    base = generate(embedded, questions, prompt_format="chat", max_new_tokens=8)
+    with inject(embedded, irm) as injection:
+        out = generate(embedded, questions, injection, prompt_format="chat", max_new_tokens=8, capture=True)
+    # A zero-init IRM leaves the host unchanged: same greedy text.
+    assert [g.text for g in out] == [g.text for g in base]
+    for g in out:
+        assert g.irm_outputs.shape == (g.prompt_tokens + g.new_tokens - 1, 3, embedded.hidden_size)
+        assert g.irm_outputs.dtype == torch.float16
+    assert out[0].prompt_tokens != out[1].prompt_tokens, "left padding must be dropped per sequence"
+
+
+@pytest.mark.slow
+def test_judge_separates_the_judge_set():
+    from irmlib.data import load_judge
+    from irmlib.evaluate import train_judge
+
+    judge = train_judge(load_judge())
+    assert judge.cv_accuracy > 0.6
+    probabilities = judge.probabilities(["I am so furious, they cancelled my flight again!", "The meeting is at 3 in room 2."])
+    assert probabilities.idxmax(axis=1).tolist() == ["anger", "neutral"]
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
