@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for everything. Usage:
 #   ./reproduce.sh [--profile cpu|smoke|colab|paper] [--force]   run the notebooks (default: cpu, offline)
-#   ./reproduce.sh test                                           run the test suite (pytest + nbval, smoke profile)
+#   ./reproduce.sh [--profile P] --publish                        then copy the executed notebooks into notebooks/
+#   ./reproduce.sh test [pytest args]                             run the test suite (pytest + nbval, smoke profile)
+#   ./reproduce.sh bench [--device cuda]                          run the benchmarks, write benchmarks/results.json
 # It creates .venv (or $IRM_VENV) and installs everything on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,7 +46,14 @@ case "${1:-}" in
     test)
         shift
         export IRM_PROFILE=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-        exec "$PY" -m pytest tests "$@"
+        # Unit tests, then every notebook run by nbval in the smoke profile (outputs not compared:
+        # the committed ones come from the cpu profile).
+        exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@"
+        ;;
+    bench)
+        shift
+        export HF_HUB_OFFLINE=1
+        exec "$PY" benchmarks/run.py "$@"
         ;;
     *)
         export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"

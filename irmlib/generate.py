@@ -33,9 +33,11 @@ def _generated_mask(new_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 @torch.inference_mode()
 def generate(host: Host, questions: list[str], injection: Injection | None = None, prompt_format: str = "plain",
              max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 0.9, top_p: float = 0.7,
-             seed: int = 0, batch_size: int = 8, capture: bool = False, capture_dtype: torch.dtype = torch.float16) -> list[Generation]:
+             seed: int = 0, batch_size: int = 8, capture: bool = False, capture_dtype: torch.dtype = torch.float16,
+             min_new_tokens: int = 0) -> list[Generation]:
     """Complete each question (left-padded batches, KV cache). The IRM is whatever `injection`
-    is set to; with `capture`, each Generation carries its IRM outputs."""
+    is set to; with `capture`, each Generation carries its IRM outputs. `min_new_tokens` forbids
+    an earlier end (benchmarks use it for a fixed length)."""
     if capture and injection is None:
         raise ValueError("capture=True needs an injection: there are no IRM outputs without an IRM.")
     tokenizer = host.tokenizer
@@ -50,7 +52,8 @@ def generate(host: Host, questions: list[str], injection: Injection | None = Non
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
             with injection.capturing(capture_dtype) if capture else nullcontext() as captured:
                 sequences = host.model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, top_k=None, **sampling)
+                                                eos_token_id=tokenizer.eos_token_id, top_k=None, min_new_tokens=min_new_tokens,
+                                                **sampling)
             prompt_len = encoded["input_ids"].shape[1]
             new_ids = sequences[:, prompt_len:]
             keep_new = _generated_mask(new_ids, tokenizer.eos_token_id)

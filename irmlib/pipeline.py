@@ -49,35 +49,49 @@ def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = Fals
     return seconds
 
 
-def quick_demo(profile_name: str) -> None:
-    """Until notebook 02 exists: train one IRM (anger, first seed) and print base vs IRM answers."""
-    from .data import as_datasets, load_alignment
-    from .generate import generate
-    from .host import load_host
-    from .inject import inject
-    from .irm import load_irm
-    from .train import run_directory, train_for_profile
+def publish(profile_name: str) -> list[Path]:
+    """Copy a run's executed notebooks into notebooks/, without papermill's injected-parameters
+    cell, so the committed notebooks carry that run's outputs (papermill's metadata still
+    records the profile). Only finished stages are copied."""
+    import nbformat
 
-    profile = load_profile(profile_name)
-    host = load_host(profile.host)
-    rows = load_alignment()
-    emotion, seed = profile.emotions[0], profile.seeds[0]
-    summary = train_for_profile(host, profile, emotion, seed, rows)
-    print(f"[demo] {emotion} IRM: training loss {summary['first_train_loss']:.3f} -> {summary['last_train_loss']:.3f}, "
-          f"best validation loss {summary['best_val_loss']:.3f}, {summary['seconds_per_step']:.2f} s/step")
-    irm = load_irm(run_directory(profile, emotion, seed) / "best", host)
-    questions = as_datasets(rows, emotion)["test"]["question"][:4]
-    base = generate(host, questions, prompt_format=profile.prompt_format, max_new_tokens=profile.max_new_tokens)
-    with inject(host, irm) as injection:
-        aligned = generate(host, questions, injection, prompt_format=profile.prompt_format, max_new_tokens=profile.max_new_tokens)
-    for b, a in zip(base, aligned):
-        print(f"\nQ: {b.question}\n  base: {b.text}\n  IRM ({emotion}): {a.text}")
+    from .files import write_text
+
+    out_dir = load_profile(profile_name).run_dir / "notebooks"
+    published = []
+    for name in NOTEBOOKS:
+        executed = out_dir / f"{name}.ipynb"
+        if not (out_dir / f"{name}.done").exists():
+            continue
+        notebook = nbformat.read(executed, as_version=4)
+        notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        target = notebook_dir() / f"{name}.ipynb"
+        write_text(target, nbformat.writes(notebook) + "\n")
+        published.append(target)
+    return published
+
+
+def summary_lines(metrics: dict) -> str:
+    """A few headline numbers from metrics.json, for the end of a run."""
+    lines = []
+    for run, summary in metrics.get("02_train", {}).items():
+        lines.append(f"  {run}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f}")
+    for row in metrics.get("03_generations", {}).get("per_emotion", []):
+        if row["mode"] == "greedy":
+            lines.append(f"  {row['emotion']}: target-emotion probability {row['p_target_base']:.2f} (base) -> {row['p_target_irm']:.2f} (IRM), "
+                         f"perplexity x{row['perplexity_ratio']:.2f}")
+    analysis = metrics.get("04_vertical_continuity", {})
+    if analysis:
+        dominant = {run: m["dominant_index"] for run, m in analysis["runs"].items() if "shuffled" not in run and run != "untrained"}
+        lines.append(f"  dominant index per run: {dominant}; host's massive-activation index: {analysis['host_massive_index']}")
+    return "\n".join(["Summary:", *lines]) if lines else ""
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="./reproduce.sh", description="Run the companion's notebooks for one profile.")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(available_profiles())}")
     parser.add_argument("--force", action="store_true", help="rerun stages that are already done")
+    parser.add_argument("--publish", action="store_true", help="then copy the executed notebooks into notebooks/ (to commit a run)")
     args = parser.parse_args(argv)
     try:
         profile = load_profile(args.profile)
@@ -88,12 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     for name in present:
         run_notebook(name, profile.name, out_dir, args.force)
-    if "02_train_irm" not in present:
-        quick_demo(profile.name)
     print(f"\nDone in {time.time() - started:.0f} s. Executed notebooks: {out_dir}; figures: {profile.figure_dir}")
     metrics = profile.figure_dir / "metrics.json"
     if metrics.exists():
         print(f"Numbers behind the figures: {metrics}")
+        print(summary_lines(json.loads(metrics.read_text())))
+    if args.publish:
+        for path in publish(profile.name):
+            print(f"published {path}")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,20 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     summary = (tmp_path / "ddp" / "done.json").read_text()
     assert '"steps": 6' in summary  # 24 rows, batch 4, 2 processes: 3 steps per epoch
     assert (tmp_path / "ddp" / "best" / "irm.safetensors").exists()
+
+
+def test_same_seed_gives_identical_greedy_generations(tmp_path):
+    from irmlib.irm import load_irm
+
+    run(str(tmp_path / "a"), epochs=1)
+    run(str(tmp_path / "b"), epochs=1)
+    host = Host.from_model(tiny_model("llama"), name="tiny-llama")
+    prompt = torch.tensor([[5, 8, 11, 14]])
+    texts = []
+    for name in ("a", "b"):
+        with torch.no_grad(), inject(host, load_irm(tmp_path / name / "best", host)):
+            texts.append(host.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0))
+    with torch.no_grad():
+        base = host.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(texts[0], texts[1])
+    assert not torch.equal(texts[0], base), "the trained IRM should change the greedy continuation"

@@ -1,0 +1,72 @@
+"""The pipeline: finished stages are skipped, a failing notebook stops it and says where, a
+half-finished stage is never taken for done, and publishing strips papermill's injected cell."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from irmlib import pipeline
+
+
+def make_notebook(path, body: str) -> None:
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("profile = None")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(body)]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRM_ROOT", str(tmp_path))
+    (tmp_path / "notebooks").mkdir()
+    make_notebook(tmp_path / "notebooks" / "01_data.ipynb", "print('profile is', profile)")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_rerun_skips_done_stages_and_force_reruns(root, capsys):
+    pipeline.main(["--profile", "smoke"])
+    out_dir = root / "runs" / "smoke" / "notebooks"
+    assert json.loads((out_dir / "01_data.done").read_text())["profile"] == "smoke"
+    executed = nbformat.read(out_dir / "01_data.ipynb", 4)
+    assert "profile is smoke" in executed.cells[-1].outputs[0].text
+    pipeline.main(["--profile", "smoke"])
+    assert "already done" in capsys.readouterr().out
+    (out_dir / "01_data.done").unlink()  # as if killed before the marker was written
+    pipeline.main(["--profile", "smoke"])
+    assert "[01_data] done in" in capsys.readouterr().out
+    pipeline.main(["--profile", "smoke", "--force"])
+    assert "[01_data] done in" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_failing_notebook_stops_and_names_the_cell_and_the_executed_notebook(root, capsys):
+    make_notebook(root / "notebooks" / "02_train_irm.ipynb", "raise ValueError('bad data on line 3')")
+    make_notebook(root / "notebooks" / "03_sample_generations.ipynb", "print('never')")
+    with pytest.raises(SystemExit):
+        pipeline.main(["--profile", "smoke"])
+    err = capsys.readouterr().err
+    out_dir = root / "runs" / "smoke" / "notebooks"
+    assert "[02_train_irm] FAILED in cell" in err and "ValueError: bad data on line 3" in err
+    assert str(out_dir / "02_train_irm.ipynb") in err
+    assert not (out_dir / "02_train_irm.done").exists() and not (out_dir / "03_sample_generations.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_publish_copies_executed_notebooks_without_the_injected_cell(root):
+    pipeline.main(["--profile", "smoke", "--publish"])
+    published = nbformat.read(root / "notebooks" / "01_data.ipynb", 4)
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in published.cells)
+    assert published.metadata["papermill"]["parameters"] == {"profile": "smoke"}
+    assert "profile is smoke" in published.cells[-1].outputs[0].text
+
+
+def test_unknown_profile_is_a_clear_error(root, capsys):
+    with pytest.raises(SystemExit):
+        pipeline.main(["--profile", "laptop"])
+    assert "Unknown profile 'laptop'" in capsys.readouterr().err
