@@ -46,6 +46,9 @@ case "${1:-}" in
     test)
         shift
         export IRM_PROFILE=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+        # Every Python process below, the notebook kernels included, fails any connection
+        # that leaves this machine (tests/netguard/sitecustomize.py).
+        export IRM_BLOCK_NETWORK=1 PYTHONPATH="$PWD/tests/netguard${PYTHONPATH:+:$PYTHONPATH}"
         # Unit tests, then every notebook run by nbval in the smoke profile (outputs not compared:
         # the committed ones come from the cpu profile).
         exec "$PY" -m pytest tests notebooks --nbval-lax --nbval-current-env "$@"
@@ -56,7 +59,6 @@ case "${1:-}" in
         exec "$PY" benchmarks/run.py "$@"
         ;;
     *)
-        export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
         exec "$PY" -m irmlib.pipeline "$@"
         ;;
 esac

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         profile = load_profile(args.profile)
     except ProfileError as err:
         parser.error(str(err))
+    if not profile.needs_network:
+        # The kernels inherit this: nothing in an offline profile may reach a hub.
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[name] = "1"
     out_dir = profile.run_dir / "notebooks"
     present = [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
     started = time.time()

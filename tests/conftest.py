@@ -2,38 +2,28 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "netguard"))
+from sitecustomize import block_network, unblock_network  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-_real_connect = socket.socket.connect
-
-
-def _guarded_connect(self, address):
-    host = address[0] if isinstance(address, tuple) else None
-    if host is not None:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise RuntimeError(f"network access attempted during tests: connect to {address}")
-    return _real_connect(self, address)
-
 
 @pytest.fixture(autouse=True, scope="session")
 def no_network():
     """Fail any connection that leaves this machine: tests must run offline."""
-    socket.socket.connect = _guarded_connect
+    block_network()
     yield
-    socket.socket.connect = _real_connect
+    if os.environ.get("IRM_BLOCK_NETWORK") != "1":
+        unblock_network()
 
 
 def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
