@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from irmlib.files import repo_root, write_json
+from irmlib.files import repo_root, write_json, write_text
 from irmlib.generate import generate, save_capture
 from irmlib.host import load_host
 from irmlib.inject import inject
@@ -48,11 +48,18 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
+    """[batch, tokens] random ids away from the special tokens at the ends of the vocabulary."""
+    margin = min(100, host.vocab_size // 4)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(margin, host.vocab_size - margin, (batch, tokens), generator=generator).to(host.device)
+
+
 def bench_training(host, repeats: int) -> dict:
     """IRM train step (all layers) over the host's forward at 8 x 128 tokens, and over the floor:
     forward + input-only backward of the host, plus the IRM's own forward and backward."""
     device = host.device
-    ids = torch.randint(100, host.vocab_size - 100, (8, 128), generator=torch.Generator().manual_seed(0)).to(device)
+    ids = random_batch(host)
     mask = torch.ones_like(ids)
     irm = IRM(IRMConfig.for_host(host, init="paper")).to(device)
     optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
@@ -105,8 +112,21 @@ def bench_generation(host, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         size = save_capture(Path(tmp) / "capture.safetensors", outputs)
     tokens = sum(len(t) for t in outputs)
+    # The floor: the plain generation plus the IRM's own forwards (one per step, batch 8).
+    step_features = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
+
+    def irm_forwards():
+        with torch.inference_mode():
+            for _ in range(64):
+                irm(step_features)
+
+    irm_alone = timed(irm_forwards, repeats, host.device)
+    irm_parameters = sum(p.numel() for p in irm.parameters())
+    host_parameters = sum(p.numel() for p in host.model.parameters())
     return {
-        "irm": {"plain_s": plain, "irm_s": active, "ratio": active / plain, "target": 1.10},
+        "irm": {"plain_s": plain, "irm_s": active, "ratio": active / plain, "target": 1.10,
+                "irm_forwards_alone_s": irm_alone, "floor_ratio": (plain + irm_alone) / plain,
+                "irm_to_host_parameters": irm_parameters / host_parameters},
         "capture": {"irm_s": active, "capture_s": captured, "ratio": captured / active, "target": 1.15,
                     "bytes_per_token": size / tokens, "tokens": tokens},
     }
@@ -128,6 +148,34 @@ def bench_load(device: torch.device) -> dict:
     return {"warm_s": warm, "cold_s": cold, "target_warm_s": 3.0}
 
 
+def trace(host, out_dir: Path) -> list[Path]:
+    """torch.profiler tables (top operators by self time) of one train step and of one
+    generation with the IRM: the evidence for what bounds ratios 1 and 2."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if host.device.type == "cuda" else [])
+    ids = random_batch(host)
+    irm = IRM(IRMConfig.for_host(host, init="paper")).to(host.device)
+    optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
+    written = []
+    with inject(host, irm) as injection:
+        def step():
+            loss = lm_loss(host, ids, torch.ones_like(ids), ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        for name, fn in (("train_step", step), ("generation_irm", lambda: _generate(host, injection))):
+            fn()
+            with profile(activities=activities) as prof:
+                fn()
+            path = out_dir / f"profile_{name}_{host.device.type}.txt"
+            sort = "self_cuda_time_total" if host.device.type == "cuda" else "self_cpu_time_total"
+            write_text(path, prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+            written.append(path)
+    return written
+
+
 def bench_end_to_end() -> dict:
     """Wall time of each notebook, read from the pipeline's completion markers."""
     result = {}
@@ -139,11 +187,32 @@ def bench_end_to_end() -> dict:
     return result
 
 
+def markdown_table(key: str, section: dict) -> str:
+    """The README's table for one machine's results."""
+    t, g, c, load = section["training"], section["irm"], section["capture"], section["load"]
+    rows = [
+        ("1. IRM train step / host forward (8 x 128)", f"{t['ratio']:.2f}", "<= 2.5",
+         f"step {t['train_step_s']:.2f} s, forward {t['forward_s']:.2f} s, floor {t['floor_s']:.2f} s (ratio {t['floor_s'] / t['forward_s']:.2f}); {t['tokens_per_s']:.0f} tokens/s"),
+        ("2. generation with IRM / plain (batch 8, 64 tokens)", f"{g['ratio']:.3f}", "<= 1.10",
+         f"floor (plain + IRM forwards) {g['floor_ratio']:.3f}; IRM = {g['irm_to_host_parameters']:.0%} of host parameters"),
+        ("3. capture / no capture", f"{c['ratio']:.3f}", "<= 1.15", f"{c['bytes_per_token']:.0f} bytes per token on disk"),
+        ("4. host load, warm cache", f"{load['warm_s']:.2f} s", "<= 3 s", f"cold (dequantise + cache) {load['cold_s']:.1f} s"),
+    ]
+    for profile, row in section.get("end_to_end", {}).items():
+        rows.append((f"5. end to end, {profile} profile", f"{row['total_s'] / 60:.1f} min", f"<= {row['target_s'] / 60:.0f} min",
+                     ", ".join(f"{k[:2]}: {v / 60:.1f}" for k, v in row["notebooks_s"].items())))
+    lines = [f"Machine: {section['machine']['device']}, {section['machine']['dtype']}, torch {section['machine']['torch']} ({key})", "",
+             "| benchmark | measured | target | detail |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trace", action="store_true", help="also write torch.profiler tables to benchmarks/")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -156,7 +225,8 @@ def main() -> None:
     print(f"1. train step / forward (8 x 128): {section['training']['ratio']:.2f} (target <= 2.5); step / floor "
           f"{section['training']['ratio_to_floor']:.2f}; {section['training']['tokens_per_s']:.0f} tokens/s")
     section.update(bench_generation(host, args.repeats))
-    print(f"2. generation with IRM / plain: {section['irm']['ratio']:.3f} (target <= 1.10)")
+    print(f"2. generation with IRM / plain: {section['irm']['ratio']:.3f} (target <= 1.10); floor (plain + the IRM's own "
+          f"forwards) / plain {section['irm']['floor_ratio']:.3f}; IRM has {section['irm']['irm_to_host_parameters']:.0%} of the host's parameters")
     print(f"3. capture / no capture: {section['capture']['ratio']:.3f} (target <= 1.15); {section['capture']['bytes_per_token']:.0f} bytes per token on disk")
     section["load"] = bench_load(device)
     print(f"4. host load, warm cache: {section['load']['warm_s']:.2f} s (target <= 3); cold: {section['load']['cold_s']:.1f} s")
@@ -164,11 +234,15 @@ def main() -> None:
     for profile, row in section["end_to_end"].items():
         print(f"5. {profile}: {row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in row["notebooks_s"].items()))
+    if args.trace:
+        for path in trace(host, RESULTS.parent):
+            print(f"profile: {path}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     key = f"{device.type}-{machine['dtype']}"
     results[key] = section
     write_json(RESULTS, results)
-    print(f"written to {RESULTS} under '{key}'")
+    print(f"written to {RESULTS} under '{key}'\n")
+    print(markdown_table(key, section))
 
 
 if __name__ == "__main__":
