@@ -94,6 +94,7 @@ def striation_heatmaps(matrices: dict, dominant: dict, ncols: int = 2) -> plt.Fi
     for ax, name in zip(axes.flat, names):
         matrix = matrices[name]
         image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=np.percentile(matrix, 99.9))
+        ax.grid(False)  # the theme's grid would draw white lines across the matrix
         ax.axvline(dominant[name], color="cyan", lw=0.8, ls="--")
         ax.set(title=f"{name} (dominant index {dominant[name]})", xlabel="hidden index", ylabel="injected layer")
         fig.colorbar(image, ax=ax, label="mean |IRM output|")
