@@ -33,21 +33,6 @@ QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Who wrot
              "What does DNA stand for?"]
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of `fn` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timed_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
     """Median wall time of each of `fns`, run in turn within each repeat after one warm-up each,
     so that a drift in the machine's speed (other load, frequency) hits all of them alike."""
@@ -64,6 +49,11 @@ def timed_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of `fn` over `repeats` runs after one warm-up."""
+    return timed_interleaved({"fn": fn}, repeats, device)["fn"]
 
 
 def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
