@@ -63,6 +63,7 @@ def test_publish_copies_executed_notebooks_without_the_injected_cell(root):
     published = nbformat.read(root / "notebooks" / "01_data.ipynb", 4)
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in published.cells)
     assert published.metadata["papermill"]["parameters"] == {"profile": "smoke"}
+    assert published.metadata["papermill"]["output_path"] == "runs/smoke/notebooks/01_data.ipynb"
     assert "profile is smoke" in published.cells[-1].outputs[0].text
 
 
