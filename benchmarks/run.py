@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -63,14 +64,33 @@ def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
     return torch.randint(margin, host.vocab_size - margin, (batch, tokens), generator=generator).to(host.device)
 
 
+def random_irm(host) -> IRM:
+    """An IRM of the paper's shape for `host`, PyTorch's default init (so it is not a no-op)."""
+    torch.manual_seed(0)
+    return IRM(IRMConfig.for_host(host, init="paper")).to(host.device)
+
+
+def make_train_step(host, irm: IRM, ids: torch.Tensor):
+    """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled."""
+    optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
+    mask = torch.ones_like(ids)
+
+    def step():
+        with inject(host, irm):
+            loss = lm_loss(host, ids, mask, ids)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return step
+
+
 def bench_training(host, repeats: int) -> dict:
     """IRM train step (all layers) over the host's forward at 8 x 128 tokens, and over the floor:
     forward + input-only backward of the host, plus the IRM's own forward and backward."""
-    device = host.device
     ids = random_batch(host)
     mask = torch.ones_like(ids)
-    irm = IRM(IRMConfig.for_host(host, init="paper")).to(device)
-    optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
+    irm = random_irm(host)
 
     def forward():
         with torch.inference_mode():
@@ -81,52 +101,35 @@ def bench_training(host, repeats: int) -> dict:
         logits = host.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
 
-    features = torch.randn(8, 128, host.hidden_size, device=device, dtype=next(irm.parameters()).dtype)
+    features = torch.randn(*ids.shape, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
 
     def irm_forward_backward():
         irm(features).square().mean().backward()
         irm.zero_grad(set_to_none=True)
 
-    with inject(host, irm):
-        def step():
-            loss = lm_loss(host, ids, mask, ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        step_time = timed(step, repeats, device)
-    forward_time = timed(forward, repeats, device)
-    host_part, irm_part = timed(host_forward_backward, repeats, device), timed(irm_forward_backward, repeats, device)
-    floor = host_part + irm_part
+    measured = timed_interleaved({"step": make_train_step(host, irm, ids), "forward": forward,
+                                  "host": host_forward_backward, "irm": irm_forward_backward}, repeats, host.device)
+    step_time, forward_time = measured["step"], measured["forward"]
+    floor = measured["host"] + measured["irm"]
     return {"forward_s": forward_time, "train_step_s": step_time, "floor_s": floor, "ratio": step_time / forward_time,
-            "host_forward_input_backward_s": host_part, "irm_forward_backward_s": irm_part,
+            "host_forward_input_backward_s": measured["host"], "irm_forward_backward_s": measured["irm"],
             "ratio_to_floor": step_time / floor, "target": 2.5, "tokens_per_s": ids.numel() / step_time,
             "irm_parameters": sum(p.numel() for p in irm.parameters())}
 
 
-def _generate(host, injection=None, capture=False):
-    return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8, capture=capture,
-                    min_new_tokens=64)
+def generate_fixed(host, irm: IRM | None = None, capture: bool = False):
+    """Batch-8 generation of exactly 64 new tokens; with `irm`, its hooks are on for this call only."""
+    if irm is None:
+        return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
+    with inject(host, irm) as injection:
+        return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8,
+                        capture=capture, min_new_tokens=64)
 
 
 def bench_generation(host, repeats: int) -> dict:
     """Generation (KV cache, batch 8, 64 new tokens): IRM active over plain host; capture of all
     layers' IRM outputs over the same generation without capture; bytes per token on disk."""
-    torch.manual_seed(0)
-    irm = IRM(IRMConfig.for_host(host, init="paper")).to(host.device)
-
-    def with_irm(capture: bool):
-        with inject(host, irm) as injection:  # hooks on for this generation only: the plain host runs without any
-            return _generate(host, injection, capture=capture)
-
-    measured = timed_interleaved({"plain": lambda: _generate(host), "irm": lambda: with_irm(False),
-                                  "capture": lambda: with_irm(True)}, repeats, host.device)
-    plain, active, captured = measured["plain"], measured["irm"], measured["capture"]
-    with inject(host, irm) as injection:
-        outputs = [g.irm_outputs for g in _generate(host, injection, capture=True)]
-    with tempfile.TemporaryDirectory() as tmp:
-        size = save_capture(Path(tmp) / "capture.safetensors", outputs)
-    tokens = sum(len(t) for t in outputs)
+    irm = random_irm(host)
     # The floor: the plain generation plus the IRM's own forwards (one per step, batch 8).
     step_features = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
 
@@ -135,12 +138,19 @@ def bench_generation(host, repeats: int) -> dict:
             for _ in range(64):
                 irm(step_features)
 
-    irm_alone = timed(irm_forwards, repeats, host.device)
+    measured = timed_interleaved({"plain": lambda: generate_fixed(host), "irm": lambda: generate_fixed(host, irm),
+                                  "capture": lambda: generate_fixed(host, irm, capture=True), "irm_alone": irm_forwards},
+                                 repeats, host.device)
+    plain, active, captured = measured["plain"], measured["irm"], measured["capture"]
+    outputs = [g.irm_outputs for g in generate_fixed(host, irm, capture=True)]
+    with tempfile.TemporaryDirectory() as tmp:
+        size = save_capture(Path(tmp) / "capture.safetensors", outputs)
+    tokens = sum(len(t) for t in outputs)
     irm_parameters = sum(p.numel() for p in irm.parameters())
     host_parameters = sum(p.numel() for p in host.model.parameters())
     return {
         "irm": {"plain_s": plain, "irm_s": active, "ratio": active / plain, "target": 1.10,
-                "irm_forwards_alone_s": irm_alone, "floor_ratio": (plain + irm_alone) / plain,
+                "irm_forwards_alone_s": measured["irm_alone"], "floor_ratio": (plain + measured["irm_alone"]) / plain,
                 "irm_to_host_parameters": irm_parameters / host_parameters},
         "capture": {"irm_s": active, "capture_s": captured, "ratio": captured / active, "target": 1.15,
                     "bytes_per_token": size / tokens, "tokens": tokens},
@@ -150,16 +160,10 @@ def bench_generation(host, repeats: int) -> dict:
 def bench_load(device: torch.device) -> dict:
     """The embedded host from a warm cache, and cold (dequantising the GGUF into a fresh cache)."""
     warm = timed(lambda: load_host("embedded", device=device), 3, device)
-    saved = os.environ.get("IRM_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["IRM_CACHE_DIR"] = tmp
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"IRM_CACHE_DIR": tmp}):
         start = time.perf_counter()
         load_host("embedded", device=device)
         cold = time.perf_counter() - start
-    if saved is None:
-        os.environ.pop("IRM_CACHE_DIR")
-    else:
-        os.environ["IRM_CACHE_DIR"] = saved
     return {"warm_s": warm, "cold_s": cold, "target_warm_s": 3.0}
 
 
@@ -169,25 +173,16 @@ def trace(host, out_dir: Path) -> list[Path]:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if host.device.type == "cuda" else [])
-    ids = random_batch(host)
-    irm = IRM(IRMConfig.for_host(host, init="paper")).to(host.device)
-    optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
+    irm = random_irm(host)
     written = []
-    with inject(host, irm) as injection:
-        def step():
-            loss = lm_loss(host, ids, torch.ones_like(ids), ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        for name, fn in (("train_step", step), ("generation_irm", lambda: _generate(host, injection))):
+    for name, fn in (("train_step", make_train_step(host, irm, random_batch(host))), ("generation_irm", lambda: generate_fixed(host, irm))):
+        fn()
+        with profile(activities=activities) as prof:
             fn()
-            with profile(activities=activities) as prof:
-                fn()
-            path = out_dir / f"profile_{name}_{host.device.type}.txt"
-            sort = "self_cuda_time_total" if host.device.type == "cuda" else "self_cpu_time_total"
-            write_text(path, prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
-            written.append(path)
+        path = out_dir / f"profile_{name}_{host.device.type}.txt"
+        sort = "self_cuda_time_total" if host.device.type == "cuda" else "self_cpu_time_total"
+        write_text(path, prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+        written.append(path)
     return written
 
 

@@ -66,11 +66,11 @@ def publish(profile_name: str) -> list[Path]:
             continue
         notebook = nbformat.read(executed, as_version=4)
         notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
-        papermill_record = notebook.metadata.get("papermill", {})
+        record = notebook.metadata.get("papermill", {})
+        root = repo_root().resolve()
         for key in ("input_path", "output_path"):  # this machine's absolute paths, as paths in the repository
-            path = Path(papermill_record.get(key) or "").resolve()
-            if path.is_relative_to(repo_root().resolve()):
-                papermill_record[key] = path.relative_to(repo_root().resolve()).as_posix()
+            if record.get(key) and Path(record[key]).resolve().is_relative_to(root):
+                record[key] = Path(record[key]).resolve().relative_to(root).as_posix()
         target = notebook_dir() / f"{name}.ipynb"
         write_text(target, nbformat.writes(notebook) + "\n")
         published.append(target)

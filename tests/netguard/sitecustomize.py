@@ -1,52 +1,9 @@
-"""The network guard of the test command.
+"""`./reproduce.sh test` puts this folder on PYTHONPATH with IRM_BLOCK_NETWORK=1, so Python runs
+this at the start of every process it launches: the network is blocked there too."""
 
-`./reproduce.sh test` puts this folder on PYTHONPATH with IRM_BLOCK_NETWORK=1, so every Python
-process it starts (pytest, and the notebook kernels nbval runs) fails any connection that
-leaves this machine. Loopback stays open: Jupyter kernels talk to their client over it.
-"""
-
-from __future__ import annotations
-
-import ipaddress
 import os
-import socket
-
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-
-
-def _check(address) -> None:
-    if not isinstance(address, tuple):
-        return  # a Unix socket stays on this machine
-    host = address[0]
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise RuntimeError(f"network access attempted while the network is blocked: connect to {address}. "
-                           "Everything in the smoke and cpu profiles and the tests must run offline.")
-
-
-def _guarded_connect(self, address):
-    _check(address)
-    return _real_connect(self, address)
-
-
-def _guarded_connect_ex(self, address):
-    _check(address)
-    return _real_connect_ex(self, address)
-
-
-def block_network() -> None:
-    socket.socket.connect = _guarded_connect
-    socket.socket.connect_ex = _guarded_connect_ex
-
-
-def unblock_network() -> None:
-    socket.socket.connect = _real_connect
-    socket.socket.connect_ex = _real_connect_ex
-
 
 if os.environ.get("IRM_BLOCK_NETWORK") == "1":
+    from netguard import block_network
+
     block_network()
