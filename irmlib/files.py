@@ -48,18 +48,44 @@ def update_metrics(path: str | Path, section: str, values: dict) -> None:
     write_json(path, metrics)
 
 
-def environment_report() -> dict:
-    """Versions and commit, for the last cell of every notebook."""
-    import platform
+def quiet_progress() -> None:
+    """No progress bars or info logs from transformers and datasets: notebooks print results, not
+    download and loading bars on stderr."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def git_state() -> dict:
+    """The repository's commit and whether its tracked files are unchanged (figures/ and
+    notebooks/ excepted: a run writes those)."""
     import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures", ":!notebooks")
+    commit = git("rev-parse", "--short", "HEAD")
+    return {"commit": commit or "unknown", "clean": bool(commit) and not changed}
+
+
+def environment_report() -> dict:
+    """Versions, commit and run, for the last cell of every notebook. Under the pipeline, the run
+    id, commit and clean state are the ones it recorded when the run started (IRM_RUN_*)."""
+    import platform
 
     import torch
     import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    state = git_state()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-            "commit": commit or "unknown"}
+            "run": os.environ.get("IRM_RUN_ID", "interactive"), "commit": os.environ.get("IRM_RUN_COMMIT", state["commit"]),
+            "clean": os.environ.get("IRM_RUN_CLEAN", str(state["clean"])) == "True"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import encode_prompts, format_prompt
+from .prompts import encode_prompts, format_prompt, left_padding
 from .host import Host
 from .inject import Injection
 
@@ -42,36 +42,33 @@ def generate(host: Host, questions: list[str], injection: Injection | None = Non
         raise ValueError("capture=True needs an injection: there are no IRM outputs without an IRM.")
     tokenizer = host.tokenizer
     results: list[Generation] = []
-    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            prompts = [format_prompt(tokenizer, q, prompt_format) for q in chunk]
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        prompts = [format_prompt(tokenizer, q, prompt_format) for q in chunk]
+        with left_padding(tokenizer):  # every prompt ends in the last column, where generation appends
             encoded = encode_prompts(tokenizer, prompts, prompt_format, return_tensors="pt", padding=True).to(host.device)
-            torch.manual_seed(seed + start)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-            with injection.capturing(capture_dtype) if capture else nullcontext() as captured:
-                sequences = host.model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, top_k=None, min_new_tokens=min_new_tokens,
-                                                **sampling)
-            prompt_len = encoded["input_ids"].shape[1]
-            new_ids = sequences[:, prompt_len:]
-            keep_new = _generated_mask(new_ids, tokenizer.eos_token_id)
-            per_sequence = None
-            if capture:
-                token_mask = torch.cat([encoded["attention_mask"].bool(), keep_new[:, :-1]], dim=1)
-                per_sequence = captured.per_sequence(token_mask.cpu())
-            for i, question in enumerate(chunk):
-                ids = new_ids[i][keep_new[i]]
-                results.append(Generation(
-                    question=question,
-                    text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    new_tokens=int(keep_new[i].sum()),
-                    irm_outputs=per_sequence[i] if per_sequence is not None else None,
-                    prompt_tokens=int(encoded["attention_mask"][i].sum()),
-                ))
-    finally:
-        tokenizer.padding_side = saved_side
+        torch.manual_seed(seed + start)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        with injection.capturing(capture_dtype) if capture else nullcontext() as captured:
+            sequences = host.model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                            eos_token_id=tokenizer.eos_token_id, top_k=None, min_new_tokens=min_new_tokens,
+                                            **sampling)
+        prompt_len = encoded["input_ids"].shape[1]
+        new_ids = sequences[:, prompt_len:]
+        keep_new = _generated_mask(new_ids, tokenizer.eos_token_id)
+        per_sequence = None
+        if capture:
+            token_mask = torch.cat([encoded["attention_mask"].bool(), keep_new[:, :-1]], dim=1)
+            per_sequence = captured.per_sequence(token_mask.cpu())
+        for i, question in enumerate(chunk):
+            ids = new_ids[i][keep_new[i]]
+            results.append(Generation(
+                question=question,
+                text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                new_tokens=int(keep_new[i].sum()),
+                irm_outputs=per_sequence[i] if per_sequence is not None else None,
+                prompt_tokens=int(encoded["attention_mask"][i].sum()),
+            ))
     return results
 
 
@@ -85,32 +82,56 @@ PAPER_PROMPTS = (
 )
 
 
+@dataclass
+class CapturedOutputs:
+    """IRM outputs of generations, prompt and generated tokens kept apart: per question one
+    [tokens, injected_layers, hidden] tensor whose first `prompt_tokens[i]` rows are the prompt's."""
+
+    irm_outputs: list[torch.Tensor]
+    prompt_tokens: list[int]
+
+    def part(self, which: str = "all") -> list[torch.Tensor]:
+        """"all" tokens, the "prompt" tokens or the "generated" ones of every question."""
+        if which == "all":
+            return self.irm_outputs
+        if which == "prompt":
+            return [t[:n] for t, n in zip(self.irm_outputs, self.prompt_tokens)]
+        if which == "generated":
+            return [t[n:] for t, n in zip(self.irm_outputs, self.prompt_tokens)]
+        raise ValueError(f"part must be 'all', 'prompt' or 'generated', got '{which}'.")
+
+    def save(self, path) -> int:
+        """One safetensors file, written atomically, the prompt lengths in its metadata; returns its size in bytes."""
+        import json
+
+        from safetensors.torch import save_file
+
+        from .files import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({f"seq{i:05d}": t.contiguous() for i, t in enumerate(self.irm_outputs)}, str(tmp),
+                      metadata={"prompt_tokens": json.dumps(self.prompt_tokens)})
+        return path.stat().st_size
+
+    @classmethod
+    def load(cls, path) -> "CapturedOutputs":
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            prompt_tokens = json.loads((handle.metadata() or {}).get("prompt_tokens", "[]"))
+            return cls([handle.get_tensor(k) for k in sorted(handle.keys())], prompt_tokens)
+
+
 def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: str = "plain", new_tokens: int = 10,
-                        batch_size: int = 8) -> list[torch.Tensor]:
+                        batch_size: int = 8) -> CapturedOutputs:
     """The IRM outputs for each question's prompt tokens and its first `new_tokens` greedy
-    tokens (the paper averaged over the first generated tokens): one [tokens, injected_layers,
-    hidden] fp16 tensor per question."""
+    tokens (the paper averaged over both): one [tokens, injected_layers, hidden] fp16 tensor per
+    question, with its prompt length."""
     from .inject import inject
 
     with inject(host, irm) as injection:
         generations = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=new_tokens,
                                batch_size=batch_size, capture=True)
-    return [g.irm_outputs for g in generations]
-
-
-def save_capture(path, irm_outputs: list[torch.Tensor]) -> int:
-    """Write captured IRM outputs as one safetensors file (atomically); returns its size in bytes."""
-    from safetensors.torch import save_file
-
-    from .files import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_file({f"seq{i:05d}": t.contiguous() for i, t in enumerate(irm_outputs)}, str(tmp))
-    return path.stat().st_size
-
-
-def load_capture(path) -> list[torch.Tensor]:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    return [tensors[k] for k in sorted(tensors)]
+    return CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])

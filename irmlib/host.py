@@ -74,10 +74,6 @@ class Host:
     family: Family
 
     @property
-    def config(self):
-        return self.model.config
-
-    @property
     def layers(self) -> nn.ModuleList:
         return getattr(self.model.base_model, self.family.layers)
 
@@ -179,7 +175,13 @@ def _dequantised_embedded_dir() -> Path:
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """fp32 weights on CPU (bf16 there is autocast, chosen per run); on CUDA bf16 where the GPU has
+    it natively, else fp16 (irmlib.precision)."""
+    if device.type != "cuda":
+        return torch.float32
+    from .precision import choose_precision
+
+    return choose_precision(device).host_dtype
 
 
 def _load_pretrained(source: str | Path, dtype: torch.dtype, local_only: bool):
@@ -194,8 +196,8 @@ def load_host(spec: str = EMBEDDED, device: str | torch.device | None = None, dt
     """Load a frozen host in eval mode.
 
     spec: "embedded" (SmolLM2-135M-Instruct, offline), a Hugging Face hub id, or a local path.
-    dtype: defaults to bf16 on CUDA and fp32 on CPU (the embedded host always loads as fp32
-    weights, then is cast).
+    dtype: defaults to fp32 on CPU and, on CUDA, bf16 where the GPU has it natively, else fp16
+    (the embedded host always loads as fp32 weights, then is cast).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or _default_dtype(device)

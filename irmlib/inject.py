@@ -100,6 +100,7 @@ class Injection:
         if bad:
             raise ValueError(f"masked indices {bad} out of range 0..{d - 1} (the host's hidden size is {d}).")
         self._masked_indices = tuple(indices)
+        self._keep = None  # the 0/1 mask for these indices, built on first use (see _keep_mask)
 
     def _remember_input(self, module, args, kwargs):
         if self.active:
@@ -116,15 +117,26 @@ class Injection:
         if self.scale != 1.0:
             vectors = vectors * self.scale
         if self._masked_indices:
-            keep = torch.ones(vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
-            keep[list(self._masked_indices)] = 0
-            vectors = vectors * keep
+            vectors = vectors * self._keep_mask(vectors)
         self._vectors = vectors
         # One unbind, not a slice per layer: a slice's backward zero-fills the whole tensor each time.
         self._per_layer = vectors.unbind(dim=2)
         if self._capturing:
             self.capture.add(vectors)
         return None
+
+    def _keep_mask(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[hidden] ones with zeros at the masked indices, in `vectors`' dtype and device. Built once
+        per setting (not per forward: with a KV cache that is once per generated token); rebuilt
+        when the indices change or the IRM's output dtype does (e.g. under autocast), and when one
+        built under inference mode (generation) would be used where autograd must save it (training)."""
+        keep = self._keep
+        if (keep is None or keep.dtype != vectors.dtype or keep.device != vectors.device
+                or (keep.is_inference() and not torch.is_inference_mode_enabled())):
+            keep = torch.ones(vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
+            keep[list(self._masked_indices)] = 0
+            self._keep = keep
+        return keep
 
     def _adder(self, slot: int):
         def hook(module, args, output):

@@ -17,7 +17,7 @@ from torch import nn
 from .files import atomic_path, write_json
 
 SITES = ("post_attn", "block_out")
-INITS = ("zero", "paper")
+INITS = ("zero", "paper", "torch")
 WEIGHTS_FILE = "irm.safetensors"
 CONFIG_FILE = "irm.json"
 
@@ -37,7 +37,8 @@ class IRMConfig:
     n_linear: int = 5
     input_layer: int = 0  # the IRM reads the residual after this layer's attention
     site: str = "post_attn"  # post_attn: the paper's; block_out: added to a block's output
-    init: str = "zero"  # zero: last layer zeroed, host unchanged at start; paper: PyTorch default
+    init: str = "zero"  # zero: last layer zeroed; paper: N(0, 0.02) weights, zero biases; torch: PyTorch's default
+    output_rotation_seed: int | None = None  # train the last layer in a fixed random rotation of the hidden basis
 
     def __post_init__(self):
         layers = tuple(range(self.n_layers)) if self.injected_layers is None else tuple(self.injected_layers)
@@ -76,7 +77,14 @@ class IRMConfig:
 
 
 class IRM(nn.Module):
-    """[..., hidden] -> [..., injected_layers, hidden]."""
+    """[..., hidden] -> [..., injected_layers, hidden].
+
+    Inits: `zero` zeroes the last layer, so the host starts unchanged; `paper` is what the paper's
+    code got from the host's `post_init()` (every Linear weight N(0, 0.02), biases zero); `torch`
+    keeps PyTorch's default. With `output_rotation_seed`, each layer's output vector is multiplied
+    by a fixed random orthogonal matrix Q ([hidden, hidden]): the function class is unchanged, but
+    the optimizer's per-coordinate steps act in the rotated basis, not in the host's.
+    """
 
     def __init__(self, config: IRMConfig):
         super().__init__()
@@ -89,13 +97,24 @@ class IRM(nn.Module):
             if i < config.n_linear - 1:
                 blocks.append(nn.ReLU())
         self.mlp = nn.Sequential(*blocks)
-        if config.init == "zero":
+        if config.init == "paper":
+            for module in self.mlp:
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                    nn.init.zeros_(module.bias)
+        elif config.init == "zero":
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
+        if config.output_rotation_seed is not None:
+            generator = torch.Generator().manual_seed(config.output_rotation_seed)
+            q, r = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+            self.register_buffer("rotation", (q * torch.sign(torch.diagonal(r))).float(), persistent=False)
+        else:
+            self.rotation = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.mlp(hidden)
-        return out.unflatten(-1, (self.config.n_injected, self.config.hidden_size))
+        out = self.mlp(hidden).unflatten(-1, (self.config.n_injected, self.config.hidden_size))
+        return out if self.rotation is None else out @ self.rotation.to(out.dtype).T
 
 
 def check_fits(config: IRMConfig, host) -> None:

@@ -10,17 +10,79 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .files import repo_root, write_json
 from .profile import DEFAULT_PROFILE, ProfileError, available_profiles, load_profile
+from .runs import is_run_name, notebooks_dir, run_root
 
-NOTEBOOKS = ("01_data", "02_train_irm", "03_sample_generations", "04_vertical_continuity", "05_lm_head_probing")
+NOTEBOOKS = ("01_data", "02_train_irm", "03_sample_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism")
 
 
 def notebook_dir() -> Path:
     return repo_root() / "notebooks"
+
+
+def _peak_rss_bytes(process) -> int:
+    """A process's peak resident set so far: VmHWM from /proc on Linux (the kernel's own
+    high-water mark, exact), else its current RSS (psutil)."""
+    try:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return process.memory_info().rss
+
+
+@contextmanager
+def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
+    """Track the peak resident memory of the child processes started inside the block (papermill's
+    kernel, and anything it starts). Yields a dict whose "peak_rss_mb" is set when the block ends.
+
+    A thread polls every `interval_s`: the peak is the larger of the highest per-process
+    high-water mark seen (exact for a single kernel, up to its last `interval_s`) and the highest
+    sum of the children's current RSS (for a kernel with children of its own). In-process polling
+    because `getrusage(RUSAGE_CHILDREN)` is a running max over every child this process has
+    reaped, so it cannot give a per-notebook figure.
+    """
+    import psutil
+
+    me = psutil.Process()
+    existing = {p.pid for p in me.children(recursive=True)}
+    result: dict = {"peak_rss_mb": None}
+    peak = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while True:
+            total = 0
+            for child in me.children(recursive=True):
+                if child.pid in existing:
+                    continue
+                try:
+                    total += child.memory_info().rss
+                    peak = max(peak, _peak_rss_bytes(child))
+                except psutil.Error:  # it ended between listing and reading
+                    continue
+            peak = max(peak, total)
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=poll, name="child-peak-rss", daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_rss_mb"] = round(peak / 2**20, 1) if peak else None
 
 
 def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = False) -> float | None:
@@ -38,15 +100,17 @@ def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = Fals
     print(f"[{name}] running ({profile_name} profile) -> {executed}")
     started = time.time()
     try:
-        papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(executed), parameters={"profile": profile_name},
-                                   cwd=str(notebook_dir()), kernel_name="python3", progress_bar=False)
+        with child_peak_rss() as memory:  # the kernel is a child process of this one
+            papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(executed), parameters={"profile": profile_name},
+                                       cwd=str(notebook_dir()), kernel_name="python3", progress_bar=False)
     except PapermillExecutionError as err:
         print(f"[{name}] FAILED in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
               f"  the executed notebook, with the error, is {executed}", file=sys.stderr)
         raise SystemExit(1) from None
     seconds = time.time() - started
-    write_json(done, {"seconds": seconds, "profile": profile_name})
-    print(f"[{name}] done in {seconds:.0f} s")
+    write_json(done, {"seconds": seconds, "profile": profile_name, "peak_rss_mb": memory["peak_rss_mb"]})
+    peak = f"{memory['peak_rss_mb']:.0f} MB" if memory["peak_rss_mb"] else "not measured"
+    print(f"[{name}] done in {seconds:.0f} s, kernel peak memory (RSS) {peak}")
     return seconds
 
 
@@ -58,7 +122,7 @@ def publish(profile_name: str) -> list[Path]:
 
     from .files import write_text
 
-    out_dir = load_profile(profile_name).run_dir / "notebooks"
+    out_dir = notebooks_dir(load_profile(profile_name))
     published = []
     for name in NOTEBOOKS:
         executed = out_dir / f"{name}.ipynb"
@@ -88,9 +152,37 @@ def summary_lines(metrics: dict) -> str:
                          f"perplexity x{row['perplexity_ratio']:.2f}")
     analysis = metrics.get("04_vertical_continuity", {})
     if analysis:
-        dominant = {run: m["dominant_index"] for run, m in analysis["runs"].items() if "shuffled" not in run and run != "untrained"}
+        dominant = {run: m["dominant_index"] for run, m in analysis["runs"].items() if is_run_name(run)}
         lines.append(f"  dominant index per run: {dominant}; host's massive-activation index: {analysis['host_massive_index']}")
     return "\n".join(["Summary:", *lines]) if lines else ""
+
+
+def run_record(profile, force: bool = False) -> dict:
+    """The run these stages belong to: id, commit and clean state, recorded when a run starts
+    (`runs/<profile>/run.json`, kept while stages resume; --force starts a new run) and handed to
+    the notebooks' kernels through IRM_RUN_*, so every notebook and metrics.json name one run."""
+    from .files import git_state, update_metrics
+
+    path = run_root(profile) / "run.json"
+    state = git_state()
+    if path.exists() and not force:
+        record = json.loads(path.read_text())
+        if record["commit"] != state["commit"]:
+            print(f"warning: this run started at commit {record['commit']}, now at {state['commit']}; "
+                  f"--force reruns every stage at one commit", file=sys.stderr)
+    else:
+        import torch
+
+        from .precision import choose_precision, precision_request
+
+        precision = choose_precision("cuda" if torch.cuda.is_available() else "cpu", profile.precision)
+        record = {"run": time.strftime("%Y%m%dT%H%M%S"), **state, "precision": precision_request(precision),
+                  "precision_reason": precision.reason}
+        write_json(path, record)
+        update_metrics(profile.figure_dir / "metrics.json", "run", record)
+    os.environ.update({"IRM_RUN_ID": record["run"], "IRM_RUN_COMMIT": record["commit"], "IRM_RUN_CLEAN": str(record["clean"]),
+                       "IRM_PRECISION": record["precision"]})
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,8 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         # The kernels inherit this: nothing in an offline profile may reach a hub.
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[name] = "1"
-    out_dir = profile.run_dir / "notebooks"
+    out_dir = notebooks_dir(profile)
     present = [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
+    record = run_record(profile, args.force)
+    print(f"run {record['run']} at commit {record['commit']} ({'clean' if record['clean'] else 'with uncommitted changes'}); "
+          f"precision {record['precision']}: {record['precision_reason']}")
     started = time.time()
     for name in present:
         run_notebook(name, profile.name, out_dir, args.force)

@@ -34,19 +34,27 @@ def length_distributions(lengths, hue: str, x: str = "words", title: str = "") -
     return fig
 
 
-def loss_curves(history, smooth: int = 5) -> plt.Figure:
-    """Training loss (rolling mean over `smooth` steps) and validation loss per run.
+def loss_curves(history, initial_val: dict[str, float] | None = None, smooth: int = 5) -> plt.Figure:
+    """Training loss (rolling mean over `smooth` steps) and validation loss per run, the latter
+    from the initial validation loss (step 0) through every validation check.
 
-    history: long DataFrame with columns run, step, lm_loss, val_loss.
+    history: long DataFrame with columns run, step, lm_loss, val_loss; initial_val: run -> loss
+    before the first step. The legend sits outside the axes.
     """
+    import pandas as pd
+
     history = history.copy()
     history["train (rolling mean)"] = history.groupby("run").lm_loss.transform(lambda s: s.rolling(smooth, min_periods=1).mean())
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    sns.lineplot(data=history, x="step", y="train (rolling mean)", hue="run", ax=axes[0])
-    sns.lineplot(data=history.dropna(subset=["val_loss"]), x="step", y="val_loss", hue="run", marker="o", ax=axes[1], legend=False)
+    val = history.dropna(subset=["val_loss"])[["run", "step", "val_loss"]]
+    if initial_val:
+        val = pd.concat([pd.DataFrame({"run": list(initial_val), "step": 0, "val_loss": list(initial_val.values())}), val])
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.8))
+    sns.lineplot(data=history, x="step", y="train (rolling mean)", hue="run", ax=axes[0], legend=False, lw=1)
+    sns.lineplot(data=val.sort_values(["run", "step"]), x="step", y="val_loss", hue="run", marker="o", ax=axes[1])
     axes[0].set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)", title="training loss")
-    axes[1].set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)", title="validation loss (end of epoch)")
-    axes[0].legend(fontsize=8, ncol=2)
+    axes[1].set(xlabel="optimizer step", ylabel="cross-entropy (nats per token)", title="validation loss (step 0 = before training)")
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="run")
+    fig.tight_layout()
     return fig
 
 
@@ -83,23 +91,52 @@ def alignment_bars(summary) -> plt.Figure:
     return fig
 
 
-def striation_heatmaps(matrices: dict, dominant: dict, ncols: int = 2) -> plt.Figure:
-    """The paper's figure: mean |IRM output| as layer (rows) x hidden index (columns), one panel
-    per run, the dominant index marked with a dashed line."""
+def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoom: int = 16) -> plt.Figure:
+    """The paper's figure, layer (rows) x hidden index (columns), one row of panels per run: the
+    whole matrix, with the dominant index marked by a triangle above its column (not drawn over
+    it), and a zoom on the `zoom` columns of largest mean |value| over layers, labelled.
+
+    matrices: name -> [layers, hidden]; signed: the paper's signed mean on a diverging scale
+    centred at 0, else mean |output|. Every panel shares one colour scale.
+    """
     import numpy as np
 
     names = list(matrices)
-    nrows = int(np.ceil(len(names) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 2.8 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        matrix = matrices[name]
-        image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=np.percentile(matrix, 99.9))
+    scale = max(float(np.percentile(np.abs(m), 99.9)) for m in matrices.values()) or 1.0
+    style = {"cmap": "RdBu_r", "vmin": -scale, "vmax": scale} if signed else {"cmap": "magma", "vmin": 0, "vmax": scale}
+    label = "mean IRM output (signed)" if signed else "mean |IRM output|"
+    fig, axes = plt.subplots(len(names), 2, figsize=(13, 2.6 * len(names)), squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
+    for (ax, ax_zoom), name in zip(axes, names):
+        matrix = np.asarray(matrices[name])
+        image = ax.imshow(matrix, aspect="auto", interpolation="nearest", **style)
         ax.grid(False)  # the theme's grid would draw white lines across the matrix
-        ax.axvline(dominant[name], color="cyan", lw=0.8, ls="--")
-        ax.set(title=f"{name} (dominant index {dominant[name]})", xlabel="hidden index", ylabel="injected layer")
-        fig.colorbar(image, ax=ax, label="mean |IRM output|")
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
+        ax.plot([dominant[name]], [1.04], marker="v", color="#2ca02c", markersize=8, clip_on=False,
+                transform=ax.get_xaxis_transform())
+        ax.set_title(f"{name} (dominant index {dominant[name]}, marked above)", pad=12)
+        ax.set(xlabel="hidden index", ylabel="injected layer")
+        top = np.argsort(-np.abs(matrix).mean(0), kind="stable")[:zoom]
+        ax_zoom.imshow(matrix[:, top], aspect="auto", interpolation="nearest", **style)
+        ax_zoom.grid(False)
+        ax_zoom.set_xticks(range(len(top)), [str(i) for i in top], rotation=90, fontsize=7)
+        ax_zoom.set(title=f"top {len(top)} indices", xlabel="hidden index", ylabel="injected layer")
+    fig.tight_layout()
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.8)
+    return fig
+
+
+def metric_curves(tracking) -> plt.Figure:
+    """Striation metrics against training step, one line per run, coloured by arm.
+
+    tracking: long DataFrame with columns step, run, arm, index_share, layer_share, vertical_continuity.
+    """
+    metrics = [("index_share", "index share of variance (0-1)"), ("layer_share", "layer share of variance (0-1)"),
+               ("vertical_continuity", "vertical continuity (share of layers)")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(15, 3.8), sharex=True)
+    for ax, (column, label) in zip(axes, metrics):
+        sns.lineplot(data=tracking, x="step", y=column, hue="arm", units="run", estimator=None, ax=ax, lw=1.2,
+                     legend=ax is axes[-1])
+        ax.set(xlabel="training step", ylabel=label, ylim=(0, 1))
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="arm")
     fig.tight_layout()
     return fig
 

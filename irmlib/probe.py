@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .data import encode_prompts, format_prompt
+from .prompts import encode_prompts, format_prompt, left_padding
 from .host import Host
 
 
@@ -67,12 +67,9 @@ def next_token_kl(host: Host, questions: list[str], index: int, sizes: tuple[flo
     Returns one row per (size, question) with columns size, question, kl (nats).
     """
     tokenizer = host.tokenizer
-    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        prompts = [format_prompt(tokenizer, q, prompt_format) for q in questions]
+    prompts = [format_prompt(tokenizer, q, prompt_format) for q in questions]
+    with left_padding(tokenizer):  # the next token is read at the last column
         encoded = encode_prompts(tokenizer, prompts, prompt_format, padding=True, return_tensors="pt").to(host.device)
-    finally:
-        tokenizer.padding_side = saved_side
     base = F.log_softmax(host.model(**encoded).logits[:, -1].float(), dim=-1)
     rows = []
     for size in sizes:

@@ -36,20 +36,27 @@ class Profile:
     injected_layers: tuple[int, ...] | None = None  # None: every host layer (the paper)
     width_factor: int = 3
     site: str = "post_attn"
-    init: str = "zero"
+    init: str = "zero"  # zero: last layer zeroed; paper: N(0, 0.02) weights, zero biases (the paper's code); torch
+    output_rotation_seed: int | None = None  # Adam in a fixed random rotation of the IRM output's basis (06, arm E)
+    objective: str = "fixed"  # fixed: next token, padding ignored; paper_code: labels shifted twice, EOS padding scored
+    label_shift: int | None = None  # overrides the objective's (1 or 2)
+    pad_in_loss: bool | None = None  # overrides the objective's
     max_length: int = 128
     batch_size: int = 8
     epochs: int = 15
     max_steps: int | None = None
     lr: float = 1e-4
     lr_gamma: float = 0.85
-    patience: int = 6
+    precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16 that prove faster), float32, bfloat16
+    patience: int = 6  # validation checks without improvement before stopping
+    val_checks_per_epoch: int = 1  # the paper's code: 4
     l1: bool = False
+    track_every: int | None = None  # steps between striation metrics on probe texts during training
+    mechanism: dict | None = None  # notebook 06: step budget and arms (profile overrides per arm)
     max_new_tokens: int = 48
     n_eval_prompts: int = 24
     retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
     squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
-    notes: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -60,10 +67,24 @@ class Profile:
         return repo_root() / "figures" / self.name
 
     def irm_overrides(self) -> dict:
-        return {"injected_layers": self.injected_layers, "width_factor": self.width_factor, "site": self.site, "init": self.init}
+        return {"injected_layers": self.injected_layers, "width_factor": self.width_factor, "site": self.site, "init": self.init,
+                "output_rotation_seed": self.output_rotation_seed}
+
+    def objective_spec(self):
+        """The resolved training objective (irmlib.objective.Objective)."""
+        from .objective import resolve_objective
+
+        return resolve_objective(self.objective, self.label_shift, self.pad_in_loss)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def differences(self, reference: str = "paper") -> dict:
+        """The fields whose value differs from the `reference` profile's (the paper's setup), as
+        {field: (this, reference)}, notebook 06's arms left out: what a notebook shows of its profile."""
+        other = load_profile(reference)
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if f.name not in ("name", "mechanism") and getattr(self, f.name) != getattr(other, f.name)}
 
 
 FIELDS = {f.name for f in fields(Profile)}

@@ -1,11 +1,13 @@
 """Training an IRM on a frozen host: only the IRM learns; LM cross-entropy on the styled text.
 
 Paper defaults (arXiv 2407.03621): Adam lr 1e-4, StepLR gamma 0.85 per epoch, batch 8, max
-length 128, up to 15 epochs with early stopping (patience 6) on validation loss, optional L1
-on the IRM output with alpha = 1e-4 / injected layers. Unlike the paper's code, padding never
-counts in the loss. Built on Accelerate: the same loop runs on CPU, one GPU, or under
+length 128, up to 15 epochs with early stopping on validation loss (the paper's code checked 4
+times per epoch, patience 6 checks), optional L1 on the IRM output with alpha = 1e-4 / injected
+layers. The objective (irmlib.objective) is either the corrected one or the paper code's (padding
+scored, labels shifted twice). Built on Accelerate: the same loop runs on CPU, one GPU, or under
 `accelerate launch`. A run directory holds `last/` (IRM + optimizer state, for resuming),
-`best/` (lowest validation loss), `history.csv` (one row per step) and `done.json`, written last.
+`best/` (lowest validation loss), `history.csv` (one row per step), `tracking.csv` (metrics of
+the IRM every `track_every` steps, when a tracker is given) and `done.json`, written last.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -27,6 +31,9 @@ from .files import atomic_path, write_json
 from .host import Host
 from .inject import Injection
 from .irm import IRM, IRMConfig, load_irm, save_irm
+from .objective import l1_penalty, lm_loss, scored_positions
+from .precision import Precision, autocast, choose_precision, precision_request
+from . import runs
 
 HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
 
@@ -44,9 +51,15 @@ class TrainConfig:
     max_length: int = 128
     lr: float = 1e-4
     lr_gamma: float = 0.85  # StepLR, stepped once per epoch
-    patience: int = 6  # epochs without a better validation loss before stopping
+    patience: int = 6  # validation checks without a better validation loss before stopping
+    val_checks_per_epoch: int = 1  # the paper's code: 4 (val_check_interval 0.25)
+    label_shift: int = 1  # position i scored against token i + label_shift (the paper's code: 2)
+    pad_in_loss: bool = False  # EOS padding scored in the loss (the paper's code: True)
     l1: bool = False  # the paper's optional L1 on the IRM output
     l1_alpha: float | None = None  # None: 1e-4 / injected layers, as in the paper
+    l1_mode: str = "mean"  # mean per real token, or the paper code's sum over every position
+    track_every: int | None = None  # steps between calls of the tracker given to train_irm
+    precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16), float32, bfloat16
     seed: int = 42
     max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs)
     checkpoint_every: int = 25  # steps between resumable checkpoints
@@ -54,7 +67,7 @@ class TrainConfig:
     irm: dict = field(default_factory=dict)  # IRMConfig overrides (injected_layers, site, init, ...)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "max_length", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "max_length", "checkpoint_every", "val_checks_per_epoch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -62,28 +75,6 @@ class TrainConfig:
             raise ValueError(f"max_steps must be positive or None, got {self.max_steps!r}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}.")
-
-
-def lm_loss(host: Host, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions ([batch, tokens] each; -100 = ignore).
-
-    The LM head runs only on positions that have a label, so padding costs no logits.
-    """
-    hidden = host.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != -100
-    logits = host.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), targets[keep])
-
-
-def l1_penalty(vectors: torch.Tensor, attention_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """alpha x (sum of |IRM output| over layers and hidden), averaged over real tokens.
-
-    vectors: [batch, tokens, injected_layers, hidden]; attention_mask: [batch, tokens].
-    """
-    per_token = vectors.abs().sum(dim=(-2, -1))
-    mask = attention_mask.to(per_token.dtype)
-    return alpha * (per_token * mask).sum() / mask.sum()
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -99,30 +90,56 @@ def _loader(dataset, order: list[int] | None, batch_size: int, collate):
 
 
 @torch.inference_mode()
-def evaluate_loss(host: Host, injection: Injection, loader, accelerator: Accelerator) -> float:
+def evaluate_loss(host: Host, loader, accelerator: Accelerator, label_shift: int = 1, precision: Precision | None = None) -> float:
     """Token-weighted mean validation loss over `loader`."""
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for batch in loader:
-        n = (batch["labels"][:, 1:] != -100).sum()
-        total += lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"]) * n
+        n = scored_positions(batch["labels"], batch["input_ids"].shape[1], label_shift)
+        with autocast(precision) if precision is not None else nullcontext():
+            total += lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], label_shift) * n
         count += n
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     return (total / count).item()
 
 
 def _save_state(run_dir: Path, irm: IRM, optimizer, scheduler, state: dict, host: Host, meta: dict) -> None:
-    last = run_dir / "last"
-    save_irm(irm, last, host.shape, meta)
-    with atomic_path(last / "trainer_state.pt") as tmp:
+    """Write `run_dir/last` (irm.safetensors, irm.json, trainer_state.pt) as one unit: stage the
+    whole directory beside it, then rename the old one away, the new one in, and delete the old.
+    A kill at any point leaves weights and trainer state of one step together (see _recover_last)."""
+    last, staging, old = run_dir / "last", run_dir / "last.staging", run_dir / "last.old"
+    _recover_last(run_dir)  # leftovers of an earlier kill must not be mixed into this checkpoint
+    save_irm(irm, staging, host.shape, meta)
+    # Written last and atomically: a staged directory holding trainer_state.pt is complete.
+    with atomic_path(staging / "trainer_state.pt") as tmp:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, tmp)
+    if last.exists():
+        last.rename(old)
+    staging.rename(last)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    with atomic_path(run_dir / "history.csv") as tmp:
+def _recover_last(run_dir: Path) -> None:
+    """Finish or undo a checkpoint swap that a kill interrupted, so `last/` is one step's state.
+
+    With `last/` present, a staged or old directory is a leftover: removed. Without it (killed
+    between the two renames, or before the first checkpoint's rename), a staged directory holding
+    trainer_state.pt is complete and newest, so it becomes `last/`; else the old one does.
+    """
+    last, staging, old = run_dir / "last", run_dir / "last.staging", run_dir / "last.old"
+    if not last.exists():
+        complete = [d for d in (staging, old) if (d / "trainer_state.pt").exists()]
+        if complete:
+            complete[0].rename(last)
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(history)
+            writer.writerows(rows)
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -130,11 +147,14 @@ def is_complete(run_dir: str | Path) -> bool:
 
 
 def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: str | Path,
-              metadata: dict | None = None, accelerator: Accelerator | None = None, progress: bool = True) -> dict:
+              metadata: dict | None = None, accelerator: Accelerator | None = None, progress: bool = True,
+              tracker: Callable[[IRM], dict] | None = None) -> dict:
     """Train an IRM for `host` on tokenised rows; resume from `run_dir/last` if present.
 
-    train_set, val_set: indexable rows that `collate` turns into a batch dict of
-    `input_ids`, `attention_mask`, `labels` ([batch, tokens], labels -100 where ignored).
+    train_set, val_set: indexable rows that `collate` turns into a batch dict of `input_ids`,
+    `attention_mask` ([batch, tokens]) and `labels` ([batch, tokens + label_shift - 1] or
+    [batch, tokens], -100 where ignored). tracker: called with the IRM before the first step and
+    every `config.track_every` steps; its dict goes to `tracking.csv` with the step.
     Returns the summary written to `run_dir/done.json`; a finished run is not retrained.
     """
     run_dir = Path(run_dir)
@@ -148,26 +168,67 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     irm = IRM(IRMConfig.for_host(host, **config.irm)).to(accelerator.device)
     optimizer = torch.optim.Adam(irm.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "stopped": None,
-             "initial_val": None}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": math.inf, "bad_checks": 0, "history": [], "stopped": None,
+             "initial_val": None, "tracking": []}
+    if accelerator.is_main_process:
+        _recover_last(run_dir)
+    accelerator.wait_for_everyone()
     if (run_dir / "last" / "trainer_state.pt").exists():
         saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)
         irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
         optimizer.load_state_dict(saved.pop("optimizer"))
         scheduler.load_state_dict(saved.pop("scheduler"))
         state.update(saved)
-    meta = {"train": asdict(config), **(metadata or {})}
+    # A resumed run keeps the precision it started with, whatever the start-up probe says now.
+    precision = choose_precision(accelerator.device, state.get("precision_request") or config.precision)
+    state["precision_request"] = precision_request(precision)
+    meta = {"train": asdict(config), "precision": precision.as_dict(), **(metadata or {})}
     l1_alpha = (config.l1_alpha if config.l1_alpha is not None else 1e-4 / irm.config.n_injected) if config.l1 else 0.0
     irm, optimizer = accelerator.prepare(irm, optimizer)
     injection = Injection(host, irm, masked_indices=config.masked_indices)
     val_loader = accelerator.prepare(_loader(val_set, None, config.batch_size, collate))
     bare_irm = accelerator.unwrap_model(irm)
     main = accelerator.is_main_process
-    history = state["history"]
+    history, tracking = state["history"], state["tracking"]
     steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * accelerator.num_processes))
+    checks = min(config.val_checks_per_epoch, steps_per_epoch)
+    check_steps = {math.ceil(steps_per_epoch * k / checks) for k in range(1, checks + 1)}
+
+    def track() -> None:
+        irm.eval()
+        with torch.inference_mode():
+            tracking.append({"step": state["global_step"], **tracker(bare_irm)})
+        irm.train()
+
+    def validate() -> None:
+        irm.eval()
+        val_loss = evaluate_loss(host, val_loader, accelerator, config.label_shift, precision)
+        irm.train()
+        history[-1]["val_loss"] = val_loss
+        if val_loss < state["best_val"]:
+            state["best_val"], state["bad_checks"] = val_loss, 0
+            if main:
+                save_irm(bare_irm, run_dir / "best", host.shape,
+                         {**meta, "epoch": state["epoch"] + 1, "step": state["global_step"], "val_loss": val_loss})
+        else:
+            state["bad_checks"] += 1
+            if state["bad_checks"] >= config.patience:
+                state["stopped"] = "early_stopping"
+
+    def checkpoint() -> None:
+        if main:
+            _save_state(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
+            _write_rows(run_dir / "history.csv", history, HISTORY_FIELDS)
+            if tracking:
+                _write_rows(run_dir / "tracking.csv", tracking, list(tracking[0]))
+
     if state["initial_val"] is None:
         # The validation loss before any step: with the zero-init IRM, the untouched host's.
-        state["initial_val"] = evaluate_loss(host, injection, val_loader, accelerator)
+        irm.eval()
+        state["initial_val"] = evaluate_loss(host, val_loader, accelerator, config.label_shift, precision)
+    if tracker is not None and not tracking:
+        track()
+    irm.train()
     try:
         while state["epoch"] < config.epochs and state["stopped"] is None:
             epoch = state["epoch"]
@@ -175,11 +236,12 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
             loader = accelerator.skip_first_batches(loader, state["step_in_epoch"])
             bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (progress and main), leave=False)
-            irm.train()
             for batch in bar:
                 started = time.perf_counter()
-                loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"])
-                penalty = l1_penalty(injection._vectors, batch["attention_mask"], l1_alpha) if l1_alpha else torch.zeros((), device=loss.device)
+                with autocast(precision):  # the backward runs outside, as torch advises
+                    loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], config.label_shift)
+                    penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, config.l1_mode) if l1_alpha
+                               else torch.zeros((), device=loss.device))
                 total = loss + penalty
                 if not torch.isfinite(total):
                     raise TrainingDiverged(
@@ -196,33 +258,26 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
                                 "l1": penalty.item(), "lr": optimizer.param_groups[0]["lr"],
                                 "seconds": round(time.perf_counter() - started, 4), "val_loss": ""})
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-                if config.max_steps is not None and state["global_step"] >= config.max_steps:
+                if tracker is not None and config.track_every and state["global_step"] % config.track_every == 0:
+                    track()
+                at_max = config.max_steps is not None and state["global_step"] >= config.max_steps
+                if state["step_in_epoch"] in check_steps or at_max:
+                    validate()
+                if at_max and state["stopped"] is None:
                     state["stopped"] = "max_steps"
+                if state["stopped"] is not None:
                     break
-                if state["global_step"] % config.checkpoint_every == 0 and main:
-                    _save_state(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
-                    _write_history(run_dir, history)
+                if state["global_step"] % config.checkpoint_every == 0:
+                    checkpoint()
             bar.close()
-            irm.eval()
-            val_loss = evaluate_loss(host, injection, val_loader, accelerator)
-            history[-1]["val_loss"] = val_loss
-            if val_loss < state["best_val"]:
-                state["best_val"], state["bad_epochs"] = val_loss, 0
-                if main:
-                    save_irm(bare_irm, run_dir / "best", host.shape, {**meta, "epoch": epoch + 1, "val_loss": val_loss})
-            else:
-                state["bad_epochs"] += 1
-                if state["bad_epochs"] >= config.patience:
-                    state["stopped"] = "early_stopping"
-            scheduler.step()
-            state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-            if main:
-                _save_state(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
-                _write_history(run_dir, history)
+            if state["step_in_epoch"] >= steps_per_epoch:
+                scheduler.step()
+                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+            checkpoint()
             accelerator.wait_for_everyone()
     finally:
         injection.remove()
-    summary = {"steps": state["global_step"], "epochs": state["epoch"], "initial_val_loss": state["initial_val"], "best_val_loss": state["best_val"],
+    summary = {"precision": precision.name, "steps": state["global_step"], "epochs": state["epoch"], "initial_val_loss": state["initial_val"], "best_val_loss": state["best_val"],
                "stopped": state["stopped"] or "epochs", "first_train_loss": history[0]["lm_loss"],
                "last_train_loss": history[-1]["lm_loss"], "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
     if main:
@@ -231,36 +286,49 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     return summary
 
 
-def run_directory(profile, emotion: str, seed: int, variant: str = "") -> Path:
-    """Where the IRM of one (emotion, seed) of a profile lives; `variant` names a retrained one
-    (e.g. "mask507" for an IRM trained with index 507 masked)."""
-    return profile.run_dir / "irm" / f"{emotion}-seed{seed}{'-' + variant if variant else ''}"
+def profile_datasets(host: Host, profile, emotion: str, rows: list[dict]) -> tuple[dict, Callable]:
+    """Tokenised train / validation / test rows of one emotion as the profile trains on them, and
+    the collate function of its objective (the paper code's EOS padding, or right padding)."""
+    from .data import as_datasets, rewrite_of
+    from .objective import make_paper_collate
+    from .prompts import make_collate, tokenize
+
+    objective = profile.objective_spec()
+    # The paper's code keeps label_shift - 1 tokens beyond the inputs for the shifted labels.
+    length = profile.max_length + (objective.label_shift - 1 if objective.pad_in_loss else 0)
+    splits = as_datasets(rows, emotion, limit=profile.data_limit)
+    tokenised = {split: tokenize(host.tokenizer, part["question"], [rewrite_of(r) for r in part], length, profile.prompt_format,
+                                 profile.loss_on) for split, part in splits.items()}
+    if objective.pad_in_loss:
+        collate = make_paper_collate(host.tokenizer.eos_token_id, profile.max_length, objective.label_shift)
+    else:
+        collate = make_collate(host.tokenizer.pad_token_id)
+    return tokenised, collate
+
+
+def train_config(profile, seed: int, masked_indices: tuple[int, ...] = ()) -> TrainConfig:
+    """The TrainConfig of a profile's run for one seed."""
+    objective = profile.objective_spec()
+    return TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, max_length=profile.max_length, lr=profile.lr,
+                       lr_gamma=profile.lr_gamma, patience=profile.patience, val_checks_per_epoch=profile.val_checks_per_epoch,
+                       label_shift=objective.label_shift, pad_in_loss=objective.pad_in_loss, l1=profile.l1,
+                       l1_mode=objective.l1_mode, seed=seed, max_steps=profile.max_steps, track_every=profile.track_every,
+                       precision=profile.precision, masked_indices=tuple(masked_indices), irm=profile.irm_overrides())
 
 
 def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True,
-                      masked_indices: tuple[int, ...] = (), variant: str = "") -> dict:
+                      masked_indices: tuple[int, ...] = (), variant: str = "", tracker: Callable[[IRM], dict] | None = None) -> dict:
     """Train (or resume, or skip if finished) the IRM of one (emotion, seed) of a profile.
 
     rows: alignment rows (all emotions); the profile's data_limit caps each split.
     masked_indices: hidden indices of the IRM output zeroed throughout training (with `variant`
-    naming the run so it does not overwrite the plain one).
+    naming the run so it does not overwrite the plain one). tracker: see `train_irm`.
     """
-    from .data import as_datasets, make_collate, rewrite_of, tokenize
-
-    splits = as_datasets(rows, emotion, limit=profile.data_limit)
-
-    def tokenised(split: str):
-        part = splits[split]
-        return tokenize(host.tokenizer, part["question"], [rewrite_of(r) for r in part], profile.max_length,
-                        profile.prompt_format, profile.loss_on)
-
-    config = TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, max_length=profile.max_length, lr=profile.lr,
-                         lr_gamma=profile.lr_gamma, patience=profile.patience, l1=profile.l1, seed=seed,
-                         max_steps=profile.max_steps, masked_indices=tuple(masked_indices), irm=profile.irm_overrides())
+    tokenised, collate = profile_datasets(host, profile, emotion, rows)
     metadata = {"profile": profile.name, "emotion": emotion, "seed": seed, "host": host.name,
-                "prompt_format": profile.prompt_format, "loss_on": profile.loss_on}
-    return train_irm(host, tokenised("train"), tokenised("validation"), make_collate(host.tokenizer.pad_token_id), config,
-                     run_directory(profile, emotion, seed, variant), metadata=metadata, progress=progress)
+                "prompt_format": profile.prompt_format, "loss_on": profile.loss_on, "objective": asdict(profile.objective_spec())}
+    return train_irm(host, tokenised["train"], tokenised["validation"], collate, train_config(profile, seed, masked_indices),
+                     runs.run_dir(profile, emotion, seed, variant), metadata=metadata, progress=progress, tracker=tracker)
 
 
 def read_history(run_dir: str | Path):
@@ -275,8 +343,8 @@ def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None) -> d
     irms = {}
     for emotion in profile.emotions:
         for seed in seeds if seeds is not None else profile.seeds:
-            run_dir = run_directory(profile, emotion, seed)
-            if not is_complete(run_dir):
-                raise FileNotFoundError(f"No finished IRM in {run_dir}: run notebooks/02_train_irm.ipynb with profile '{profile.name}' first.")
-            irms[f"{emotion}-seed{seed}"] = load_irm(run_dir / "best", host, device=host.device).eval()
+            directory = runs.run_dir(profile, emotion, seed)
+            if not is_complete(directory):
+                raise FileNotFoundError(f"No finished IRM in {directory}: run notebooks/02_train_irm.ipynb with profile '{profile.name}' first.")
+            irms[runs.run_name(emotion, seed)] = load_irm(directory / "best", host, device=host.device).eval()
     return irms

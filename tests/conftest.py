@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random hosts built from configs (no downloads), and a network guard."""
+"""Shared fixtures: tiny random hosts built from configs (no downloads), a network guard, a simulated kill."""
 
 from __future__ import annotations
 
@@ -50,6 +50,24 @@ def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one point of a write (a BaseException, so no `except Exception` stops it)."""
+
+
+def kill_on_call(monkeypatch, owner, name: str, nth: int, when=lambda *args: True) -> None:
+    """Make the `nth` call of `owner.name` whose arguments satisfy `when` raise Killed instead of running."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        if when(*args):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise Killed(f"{name} call {nth}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
 
 
 @pytest.fixture

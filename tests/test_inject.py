@@ -17,7 +17,7 @@ from irmlib.irm import IRM, IRMConfig
 
 def random_irm(host: Host, seed: int = 1, **overrides) -> IRM:
     torch.manual_seed(seed)
-    return IRM(IRMConfig.for_host(host, init="paper", **overrides)).eval()
+    return IRM(IRMConfig.for_host(host, init="torch", **overrides)).eval()
 
 
 def reference_llama_logits(model, input_ids: torch.Tensor, irm: IRM | None, injected: tuple[int, ...]) -> torch.Tensor:
@@ -179,3 +179,22 @@ def test_capture_per_sequence_drops_padding():
     assert first.shape == (3, 1, 2) and second.shape == (3, 1, 2)
     assert torch.equal(first[0], torch.tensor([[2.0, 3.0]]))
     assert torch.equal(second[2], torch.tensor([[10.0, 11.0]]))
+
+
+def test_mask_is_built_once_per_setting_and_works_after_inference_mode(tiny_host, input_ids):
+    irm = random_irm(tiny_host)
+    with inject(tiny_host, irm, masked_indices=[3]) as injection:
+        with torch.inference_mode(), injection.capturing() as captured:
+            tiny_host.model(input_ids)  # builds the mask as an inference tensor
+            mask = injection._keep
+            tiny_host.model(input_ids)
+            assert injection._keep is mask  # reused, not rebuilt per forward
+        assert captured.stacked()[..., 3].abs().max() == 0
+        # Training after generation: the mask must be one autograd can save.
+        tiny_host.model(input_ids).logits.sum().backward()
+        assert injection._keep is not mask and irm.mlp[-1].weight.grad[3::32].abs().max() == 0
+        with injection.settings(masked_indices=[5]):
+            assert injection._keep is None
+            with torch.no_grad(), injection.capturing() as other:
+                tiny_host.model(input_ids)
+        assert other.stacked()[..., 5].abs().max() == 0 and other.stacked()[..., 3].abs().max() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -40,7 +41,49 @@ def test_committed_outputs_come_from_a_clean_default_profile_run(path):
     assert all(c.execution_count is not None for c in code_cells), "every cell ran"
 
 
+def test_committed_notebooks_read_cleanly_and_come_from_one_run_at_one_clean_commit():
+    runs = set()
+    for path in PATHS:
+        notebook = nbformat.read(path, as_version=4)
+        outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+        text = json.dumps(outputs)
+        assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"], f"{path.name}: stderr output"
+        assert not re.search(r"/(work|home|root|tmp|content|Users)/", text), f"{path.name}: a machine path in the outputs"
+        assert "PosixPath(" not in text, f"{path.name}: a path repr in the outputs"
+        report = notebook.cells[-1].outputs[0]["data"]["text/plain"]
+        runs.add((re.search(r"'run': '([^']+)'", report).group(1), re.search(r"'commit': '([^']+)'", report).group(1)))
+        assert "'clean': True" in report, f"{path.name}: published from a run with uncommitted changes"
+    assert len(runs) == 1, f"the committed notebooks come from several runs: {sorted(runs)}"
+    metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
+    assert (metrics["run"]["run"], metrics["run"]["commit"]) in runs
+
+
 def test_metrics_of_the_default_run_are_committed():
     metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
-    assert {"01_data", "02_train", "03_generations", "04_vertical_continuity", "05_lm_head_probing"} <= set(metrics)
+    assert {"01_data", "02_train", "03_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism"} <= set(metrics)
     assert list((ROOT / "figures" / "cpu").glob("*.png"))
+
+
+def _numbers(value) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+def test_readme_findings_quote_the_committed_run():
+    """Every decimal number in README's "What the default run found" is a number of the committed
+    run's metrics.json, to the precision printed (so README cannot drift from the run)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## What the default run found", 1)[1].split("\n## ", 1)[0]
+    metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
+    values = _numbers(metrics)
+    quoted = re.findall(r"(?<![\d.])(\d+\.\d+)(?![\d.])", section)
+    assert quoted, "the findings quote numbers"
+    missing = [q for q in quoted if not any(round(v, len(q.split(".")[1])) == float(q) for v in values)]
+    assert not missing, f"README quotes numbers that are not in figures/cpu/metrics.json: {missing}"

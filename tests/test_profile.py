@@ -15,8 +15,17 @@ def test_shipped_profiles_load():
     assert not load_profile("cpu").needs_network and not load_profile("smoke").needs_network
 
 
+def test_paper_profiles_train_as_the_papers_code_and_with_the_fixed_objective():
+    paper, fixed = load_profile("paper"), load_profile("paper_fixed")
+    assert (paper.objective_spec().label_shift, paper.objective_spec().pad_in_loss) == (2, True)
+    assert (fixed.objective_spec().label_shift, fixed.objective_spec().pad_in_loss) == (1, False)
+    for profile in (paper, fixed):
+        assert profile.init == "paper" and profile.val_checks_per_epoch == 4 and profile.patience == 6 and profile.lr_gamma == 0.85
+    assert set(fixed.differences()) == {"objective"}
+
+
 def test_unknown_profile_names_the_available_ones():
-    with pytest.raises(ProfileError, match="Unknown profile 'laptop'. Available profiles: colab, cpu, paper, smoke"):
+    with pytest.raises(ProfileError, match="Unknown profile 'laptop'. Available profiles: colab, cpu, paper, paper_fixed, smoke"):
         load_profile("laptop")
 
 

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_model
-from irmlib.data import make_collate
 from irmlib.host import Host
 from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig
-from irmlib.train import TrainConfig, TrainingDiverged, lm_loss, train_irm
+from irmlib.objective import lm_loss
+from irmlib.prompts import make_collate
+from irmlib.train import TrainConfig, TrainingDiverged, train_irm
 from train_tiny import run, tiny_rows
 
 HERE = Path(__file__).parent
@@ -47,7 +48,7 @@ def test_padding_does_not_change_the_loss(tiny_host):
 
 
 def test_only_the_irm_gets_gradients(tiny_host):
-    irm = IRM(IRMConfig.for_host(tiny_host, init="paper"))
+    irm = IRM(IRMConfig.for_host(tiny_host, init="torch"))
     batch = make_collate(0)(tiny_rows(4, 0))
     with inject(tiny_host, irm):
         lm_loss(tiny_host, batch["input_ids"], batch["attention_mask"], batch["labels"]).backward()
@@ -55,17 +56,31 @@ def test_only_the_irm_gets_gradients(tiny_host):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in irm.parameters())
 
 
+def host_tensors(host: Host) -> dict[str, torch.Tensor]:
+    """Copies of every parameter and buffer of the host's model (non-persistent buffers included)."""
+    return {name: t.detach().clone() for name, t in [*host.model.named_parameters(), *host.model.named_buffers()]}
+
+
+def hook_count(host: Host) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in host.model.modules())
+
+
 def test_training_lowers_the_loss_and_leaves_the_host_untouched(tmp_path):
-    host_before = {k: v.clone() for k, v in tiny_model("llama").state_dict().items()}
-    summary = run(str(tmp_path / "run"), epochs=3)
+    host = Host.from_model(tiny_model("llama"), name="tiny-llama")
+    host_before, hooks_before = host_tensors(host), hook_count(host)
+    summary = run(str(tmp_path / "run"), epochs=3, host=host)
     assert summary["last_train_loss"] < summary["first_train_loss"]
     assert {"best", "last", "history.csv", "done.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
     with open(tmp_path / "run" / "history.csv") as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == summary["steps"] == 18
     assert sum(1 for row in history if row["val_loss"]) == 3
-    host_after = tiny_model("llama").state_dict()
-    assert all(torch.equal(host_before[k], host_after[k]) for k in host_before)
+    # The very host object that was trained through: bit-identical, still frozen, no hook left on it.
+    host_after = host_tensors(host)
+    assert host_after.keys() == host_before.keys()
+    assert all(torch.equal(host_before[k], host_after[k]) for k in host_before), "training changed the host"
+    assert not any(p.requires_grad for p in host.model.parameters())
+    assert hook_count(host) == hooks_before, "a hook was left on the host"
 
 
 def test_same_seed_gives_identical_weights_and_a_finished_run_is_not_retrained(tmp_path):

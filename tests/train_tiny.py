@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_model  # noqa: E402
-from irmlib.data import make_collate  # noqa: E402
 from irmlib.host import Host  # noqa: E402
+from irmlib.prompts import make_collate  # noqa: E402
 from irmlib.train import TrainConfig, train_irm  # noqa: E402
 
 
@@ -31,8 +31,10 @@ def tiny_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0.0, seed: int = 7, checkpoint_every: int = 2) -> dict:
-    host = Host.from_model(tiny_model("llama"), name="tiny-llama")
+def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0.0, seed: int = 7, checkpoint_every: int = 2,
+        host: Host | None = None) -> dict:
+    """Train (or resume) the tiny IRM in `run_dir`; `host` defaults to a fresh tiny random llama."""
+    host = host or Host.from_model(tiny_model("llama"), name="tiny-llama")
     collate = make_collate(0)
     if slow:
         def collate(rows, _inner=make_collate(0)):
