@@ -67,8 +67,14 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return timed_interleaved({"fn": fn}, repeats, device)["fn"]
 
 
-def _autocast(precision: Precision | None):
-    return nullcontext() if precision is None else autocast(precision)
+def _autocast(precision: Precision | None, generation: bool = False):
+    return nullcontext() if precision is None else autocast(precision, generation=generation)
+
+
+def generation_path(precision: Precision) -> tuple:
+    """What decides how generation computes: the host's dtype and the autocast generation runs under
+    (none for cpu-bf16-autocast, where generation stays float32: see irmlib.precision)."""
+    return precision.device_type, precision.host_dtype, precision.autocast_dtype if precision.generation_autocast else None
 
 
 def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
@@ -148,8 +154,9 @@ def bench_training(setups: list[tuple[Precision, Host]], repeats: int) -> dict:
 
 
 def generate_fixed(host, irm: IRM | None = None, capture: bool = False, precision: Precision | None = None):
-    """Batch-8 generation of exactly 64 new tokens; with `irm`, its hooks are on for this call only."""
-    with _autocast(precision):
+    """Batch-8 generation of exactly 64 new tokens, as `precision` generates; with `irm`, its hooks
+    are on for this call only."""
+    with _autocast(precision, generation=True):
         if irm is None:
             return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
         with inject(host, irm) as injection:
@@ -173,8 +180,10 @@ def bench_generation(setups: list[tuple[Precision, Host]], repeats: int) -> dict
     """Per precision, generation (KV cache, batch 8, 64 new tokens): IRM active over plain host and
     over its floor, plain + the IRM's own forwards on exactly the inputs it gets in that generation
     (the prompt once, then one token per step); capture of all layers' IRM outputs over the same
-    generation without capture; bytes per token on disk."""
-    fns, info = {}, {}
+    generation without capture; bytes per token on disk. A precision that generates exactly as an
+    earlier one does (cpu-bf16-autocast generates in float32) is not timed again."""
+    fns, info, seen = {}, {}, set()
+    setups = [(p, h) for p, h in setups if not (generation_path(p) in seen or seen.add(generation_path(p)))]
     for precision, host in setups:
         irm = random_irm(host)
         shapes = irm_input_shapes(host, irm, precision)
@@ -183,12 +192,12 @@ def bench_generation(setups: list[tuple[Precision, Host]], repeats: int) -> dict
         step_input = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=dtype)
 
         def irm_as_in_generation(irm=irm, inputs=inputs, precision=precision):
-            with torch.inference_mode(), _autocast(precision):
+            with torch.inference_mode(), _autocast(precision, generation=True):
                 for features in inputs:
                     irm(features)
 
         def irm_decode_steps_only(irm=irm, n=len(shapes), precision=precision):  # the floor as first defined
-            with torch.inference_mode(), _autocast(precision):
+            with torch.inference_mode(), _autocast(precision, generation=True):
                 for _ in range(n):
                     irm(step_input)
 
@@ -258,7 +267,11 @@ def trace(setups: list[tuple[Precision, Host]], out_dir: Path) -> list[Path]:
 
 
 def bench_end_to_end(bf16: bool = False) -> dict:
-    """Wall time and kernel peak memory of each notebook, read from the pipeline's completion markers."""
+    """Wall time and kernel peak memory of each notebook, read from the pipeline's completion markers
+    (a profile whose run has not finished every notebook is marked incomplete)."""
+    from irmlib.pipeline import NOTEBOOKS, notebook_dir
+
+    expected = [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
     result = {}
     for profile, (target_bf16, target_fp32) in END_TO_END_TARGET_S.items():
         out = notebooks_dir(profile)
@@ -269,7 +282,8 @@ def bench_end_to_end(bf16: bool = False) -> dict:
                                "total_s": sum(m["seconds"] for m in markers.values()),
                                "target_s": target_bf16 if bf16 else target_fp32,
                                "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks.values(), default=None),
-                               "target_peak_rss_mb": TARGETS["peak_rss_mb"]}
+                               "target_peak_rss_mb": TARGETS["peak_rss_mb"],
+                               "missing": [name for name in expected if name not in markers]}
     return result
 
 
@@ -279,13 +293,14 @@ def machine_info(device: torch.device) -> dict:
     cpu = cpu_bf16_support()
     info = {"cpu_model": cpu["model_name"], "cpu_flags": cpu["flags"], "cpu_native_bf16_flags": cpu["native_bf16_flags"],
             "torch_cpu_capability": cpu["torch_cpu_capability"], "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if device.type == "cuda":
         gpu = cuda_bf16_support(device)
         info.update({"gpu": gpu["gpu"], "gpu_capability": gpu["capability"], "gpu_native_bf16": gpu["native_bf16"]})
         info["device"] = f"{gpu['gpu']} (capability {gpu['capability']})"
     else:
-        info["device"] = f"cpu, {info['cores']} cores, {info['threads']} threads"
+        info["device"] = f"cpu, {info['cores']} cores, {info['threads']} thread{'s' if info['threads'] != 1 else ''}"
     return info
 
 
@@ -293,7 +308,8 @@ def machine_key(machine: dict) -> str:
     """e.g. "cpu: AMD EPYC | avx2 avx512_bf16 avx512_vnni avx512f | 2 cores | torch 2.13.0+cpu"."""
     flags = " ".join(machine["cpu_flags"]) or "no vector flags read"
     head = f"cuda: {machine['gpu']} (capability {machine['gpu_capability']}) | cpu: " if "gpu" in machine else "cpu: "
-    return f"{head}{machine['cpu_model']} | {flags} | {machine['cores']} cores | torch {machine['torch']}"
+    threads = "" if machine["threads"] == machine["cores"] else f" ({machine['threads']} thread{'s' if machine['threads'] != 1 else ''})"
+    return f"{head}{machine['cpu_model']} | {flags} | {machine['cores']} cores{threads} | torch {machine['torch']}"
 
 
 def precisions_to_run(device: torch.device, requested: str = "auto") -> tuple[list[Precision], Precision]:
@@ -311,10 +327,14 @@ def bf16_vs_fp32(section: dict, chosen: Precision) -> dict:
         return {"chosen": chosen.name, "reason": chosen.reason, "target": TARGETS["bf16_vs_fp32_train"]}
     train = section["precisions"]
     gen = section["generation"]
-    return {"chosen": chosen.name, "reason": chosen.reason, "target": TARGETS["bf16_vs_fp32_train"],
-            "train_step_ratio": train[chosen.name]["training"]["train_step_s"] / train[fp32_name]["training"]["train_step_s"],
-            "generation_irm_ratio": gen[chosen.name]["irm"]["irm_s"] / gen[fp32_name]["irm"]["irm_s"],
-            "generation_plain_ratio": gen[chosen.name]["irm"]["plain_s"] / gen[fp32_name]["irm"]["plain_s"]}
+    result = {"chosen": chosen.name, "reason": chosen.reason, "target": TARGETS["bf16_vs_fp32_train"],
+              "train_step_ratio": train[chosen.name]["training"]["train_step_s"] / train[fp32_name]["training"]["train_step_s"]}
+    if chosen.name in gen:
+        result["generation_irm_ratio"] = gen[chosen.name]["irm"]["irm_s"] / gen[fp32_name]["irm"]["irm_s"]
+        result["generation_plain_ratio"] = gen[chosen.name]["irm"]["plain_s"] / gen[fp32_name]["irm"]["plain_s"]
+    else:
+        result["generation"] = f"{chosen.name} generates in float32 (autocast slows one-token steps on CPU)"
+    return result
 
 
 def markdown_table(key: str, section: dict) -> str:
@@ -337,8 +357,10 @@ def markdown_table(key: str, section: dict) -> str:
         rows.append((f"3. capture / no capture, {name}", f"{c['ratio']:.3f}", f"<= {TARGETS['capture']}", f"{c['bytes_per_token']:.0f} bytes per token on disk"))
     b = section["bf16_vs_fp32"]
     if "train_step_ratio" in b:
+        generation = (f"generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}"
+                      if "generation_irm_ratio" in b else b["generation"])
         rows.append((f"4. {b['chosen']} / float32 train step", f"{b['train_step_ratio']:.2f}", f"<= {b['target']}",
-                     f"{b['reason']}; generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}"))
+                     f"{b['reason']}; {generation}"))
     else:
         rows.append(("4. bf16 / float32 train step", "not run", f"<= {b['target']} where native", f"bf16 not chosen: {b['reason']}"))
     load = section.get("load")
@@ -346,8 +368,10 @@ def markdown_table(key: str, section: dict) -> str:
         rows.append(("5. host load, warm cache", f"{load['warm_s']:.2f} s", f"<= {load['target_warm_s']:.0f} s",
                      f"cold (dequantise + cache) {load['cold_s']:.1f} s"))
     for profile, row in section.get("end_to_end", {}).items():
-        rows.append((f"6. end to end, {profile} profile", f"{row['total_s'] / 60:.1f} min", f"<= {row['target_s'] / 60:.0f} min",
-                     ", ".join(f"{k[:2]}: {v / 60:.1f}" for k, v in row["notebooks_s"].items())))
+        done = ", ".join(f"{k[:2]}: {v / 60:.1f}" for k, v in row["notebooks_s"].items())
+        measured = f"{row['total_s'] / 60:.1f} min" if not row.get("missing") else "incomplete"
+        detail = done if not row.get("missing") else f"finished so far (min) {done}; not run yet: {', '.join(row['missing'])}"
+        rows.append((f"6. end to end, {profile} profile", measured, f"<= {row['target_s'] / 60:.0f} min", detail))
         if row.get("max_peak_rss_mb"):
             rows.append((f"7. peak memory per notebook, {profile} profile", f"{row['max_peak_rss_mb'] / 1024:.2f} GB",
                          f"<= {row['target_peak_rss_mb'] / 1024:.0f} GB",
@@ -366,9 +390,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="auto",
                         help="the precision benchmarked beside float32: auto (choose_precision's pick), bfloat16, float16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core); "
+                        "1 gives per-core numbers that other load on the machine disturbs less")
     parser.add_argument("--skip-load", action="store_true", help="do not time the host load (its cold run dequantises again)")
     parser.add_argument("--trace", action="store_true", help="also write torch.profiler tables to benchmarks/")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     precisions, chosen = precisions_to_run(device, args.precision)
     hosts: dict[torch.dtype, Host] = {}
@@ -397,8 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     section["bf16_vs_fp32"] = bf16_vs_fp32(section, chosen)
     b = section["bf16_vs_fp32"]
     if "train_step_ratio" in b:
-        print(f"4. {b['chosen']} / float32 train step: {b['train_step_ratio']:.2f} (target <= {b['target']}); "
-              f"generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}")
+        generation = (f"generation with IRM {b['generation_irm_ratio']:.2f}, plain {b['generation_plain_ratio']:.2f}"
+                      if "generation_irm_ratio" in b else b["generation"])
+        print(f"4. {b['chosen']} / float32 train step: {b['train_step_ratio']:.2f} (target <= {b['target']}); {generation}")
     else:
         print(f"4. bf16 not chosen: {b['reason']}")
     if not args.skip_load:
@@ -406,13 +435,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"5. host load, warm cache: {section['load']['warm_s']:.2f} s (target <= 3); cold: {section['load']['cold_s']:.1f} s")
     section["end_to_end"] = bench_end_to_end(bf16=chosen.autocast_dtype is not None or chosen.host_dtype != torch.float32)
     for profile, row in section["end_to_end"].items():
-        print(f"6. {profile}: {row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "
+        state = f"INCOMPLETE, not run yet: {', '.join(row['missing'])}; " if row["missing"] else ""
+        print(f"6. {profile}: {state}{row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "
               + ", ".join(f"{k} {v:.0f} s" for k, v in row["notebooks_s"].items()))
         if row["peak_rss_mb"]:
             print(f"7. {profile}: kernel peak RSS per notebook (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_rss_mb"].items()))
     if args.trace:
         for path in trace(setups, RESULTS.parent):
             print(f"profile: {path}")
+    machine["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[key] = section
     write_json(RESULTS, results)
