@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -287,6 +288,30 @@ def bench_end_to_end(bf16: bool = False) -> dict:
     return result
 
 
+DONE_LINE = re.compile(r"^\[(?P<name>[\w]+)\] done in (?P<seconds>\d+(?:\.\d+)?) s, kernel peak memory \(RSS\) (?P<rss>\d+(?:\.\d+)?) MB")
+RUN_LINE = re.compile(r"^run (?P<run>\S+) at commit (?P<commit>\S+)")
+
+
+def end_to_end_from_log(text: str, profile: str, bf16: bool) -> dict:
+    """One profile's end-to-end row from a pipeline's printed output (`./reproduce.sh > log`):
+    its "[name] done in N s, kernel peak memory (RSS) M MB" lines. For a run whose notebooks
+    were later re-executed with --force (loading the trained IRMs), whose completion markers then
+    time the re-execution, not the training."""
+    from irmlib.pipeline import NOTEBOOKS
+
+    done = {m["name"]: (float(m["seconds"]), float(m["rss"])) for m in map(DONE_LINE.match, text.splitlines()) if m}
+    if not done:
+        raise ValueError("No '[notebook] done in N s, kernel peak memory (RSS) M MB' line in the pipeline log: "
+                         "pass the output of a ./reproduce.sh run.")
+    run = next((m for m in map(RUN_LINE.match, text.splitlines()) if m), None)
+    target_bf16, target_fp32 = END_TO_END_TARGET_S[profile]
+    peaks = {k: rss for k, (_, rss) in done.items()}
+    return {"notebooks_s": {k: s for k, (s, _) in done.items()}, "total_s": sum(s for s, _ in done.values()),
+            "target_s": target_bf16 if bf16 else target_fp32, "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks.values()),
+            "target_peak_rss_mb": TARGETS["peak_rss_mb"], "missing": [n for n in NOTEBOOKS if n not in done],
+            "source": f"pipeline log of run {run['run']} at commit {run['commit']}" if run else "pipeline log"}
+
+
 def machine_info(device: torch.device) -> dict:
     """What the results are keyed by: the CPU (model name, bf16-relevant flags) or the GPU, cores,
     threads, torch."""
@@ -371,6 +396,8 @@ def markdown_table(key: str, section: dict) -> str:
         done = ", ".join(f"{k[:2]}: {v / 60:.1f}" for k, v in row["notebooks_s"].items())
         measured = f"{row['total_s'] / 60:.1f} min" if not row.get("missing") else "incomplete"
         detail = done if not row.get("missing") else f"finished so far (min) {done}; not run yet: {', '.join(row['missing'])}"
+        if row.get("source"):
+            detail += f" ({row['source']})"
         rows.append((f"6. end to end, {profile} profile", measured, f"<= {row['target_s'] / 60:.0f} min", detail))
         if row.get("max_peak_rss_mb"):
             rows.append((f"7. peak memory per notebook, {profile} profile", f"{row['max_peak_rss_mb'] / 1024:.2f} GB",
@@ -394,6 +421,9 @@ def main(argv: list[str] | None = None) -> None:
                         "1 gives per-core numbers that other load on the machine disturbs less")
     parser.add_argument("--skip-load", action="store_true", help="do not time the host load (its cold run dequantises again)")
     parser.add_argument("--trace", action="store_true", help="also write torch.profiler tables to benchmarks/")
+    parser.add_argument("--pipeline-log", type=Path, default=None,
+                        help="the cpu profile's end-to-end row from this ./reproduce.sh output instead of runs/cpu's markers "
+                             "(for notebooks re-executed with --force after the run that trained)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -433,7 +463,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_load:
         section["load"] = bench_load(device, chosen.host_dtype)
         print(f"5. host load, warm cache: {section['load']['warm_s']:.2f} s (target <= 3); cold: {section['load']['cold_s']:.1f} s")
-    section["end_to_end"] = bench_end_to_end(bf16=chosen.autocast_dtype is not None or chosen.host_dtype != torch.float32)
+    bf16 = chosen.autocast_dtype is not None or chosen.host_dtype != torch.float32
+    section["end_to_end"] = bench_end_to_end(bf16=bf16)
+    if args.pipeline_log:
+        section["end_to_end"]["cpu"] = end_to_end_from_log(args.pipeline_log.read_text(), "cpu", bf16)
     for profile, row in section["end_to_end"].items():
         state = f"INCOMPLETE, not run yet: {', '.join(row['missing'])}; " if row["missing"] else ""
         print(f"6. {profile}: {state}{row['total_s'] / 60:.1f} min end to end (target <= {row['target_s'] / 60:.0f} min): "

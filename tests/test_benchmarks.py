@@ -105,3 +105,19 @@ def test_an_unfinished_pipeline_run_is_reported_incomplete():
     result["end_to_end"]["cpu"]["missing"] = ["03_sample_generations"]
     table = bench.markdown_table("cpu: X", result)
     assert "| 6. end to end, cpu profile | incomplete | <= 90 min | finished so far (min) 01: 0.2, 02: 28.3; not run yet: 03_sample_generations |" in table
+
+
+LOG = """run 20261129T142250 at commit ff23038 (clean); precision bfloat16: CPU has amx_bf16
+[01_data] running (cpu profile) -> runs/cpu/notebooks/01_data.ipynb
+[01_data] done in 12 s, kernel peak memory (RSS) 607 MB
+[02_train_irm] done in 1195 s, kernel peak memory (RSS) 3059 MB
+"""
+
+
+def test_end_to_end_row_read_from_a_pipeline_log():
+    row = bench.end_to_end_from_log(LOG, "cpu", bf16=True)
+    assert row["notebooks_s"] == {"01_data": 12.0, "02_train_irm": 1195.0} and row["total_s"] == 1207.0
+    assert row["max_peak_rss_mb"] == 3059.0 and row["target_s"] == 5400
+    assert "03_sample_generations" in row["missing"] and "ff23038" in row["source"]
+    with pytest.raises(ValueError, match="No .* line in the pipeline log"):
+        bench.end_to_end_from_log("nothing here", "cpu", bf16=True)
