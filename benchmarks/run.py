@@ -68,14 +68,14 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return timed_interleaved({"fn": fn}, repeats, device)["fn"]
 
 
-def _autocast(precision: Precision | None, generation: bool = False):
-    return nullcontext() if precision is None else autocast(precision, generation=generation)
+def _autocast(precision: Precision | None):
+    return nullcontext() if precision is None else autocast(precision)
 
 
 def generation_path(precision: Precision) -> tuple:
-    """What decides how generation computes: the host's dtype and the autocast generation runs under
-    (none for cpu-bf16-autocast, where generation stays float32: see irmlib.precision)."""
-    return precision.device_type, precision.host_dtype, precision.autocast_dtype if precision.generation_autocast else None
+    """What decides how generation computes: the device and the host's dtype (generation never runs
+    under autocast, see irmlib.precision, so cpu-bf16-autocast generates as cpu-float32 does)."""
+    return precision.device_type, precision.host_dtype
 
 
 def random_batch(host, batch: int = 8, tokens: int = 128) -> torch.Tensor:
@@ -154,24 +154,23 @@ def bench_training(setups: list[tuple[Precision, Host]], repeats: int) -> dict:
     return results
 
 
-def generate_fixed(host, irm: IRM | None = None, capture: bool = False, precision: Precision | None = None):
-    """Batch-8 generation of exactly 64 new tokens, as `precision` generates; with `irm`, its hooks
-    are on for this call only."""
-    with _autocast(precision, generation=True):
-        if irm is None:
-            return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
-        with inject(host, irm) as injection:
-            return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8,
-                            capture=capture, min_new_tokens=64)
+def generate_fixed(host, irm: IRM | None = None, capture: bool = False):
+    """Batch-8 generation of exactly 64 new tokens in the host's dtype (never under autocast, as
+    irmlib generates); with `irm`, its hooks are on for this call only."""
+    if irm is None:
+        return generate(host, QUESTIONS, prompt_format="chat", max_new_tokens=64, batch_size=8, min_new_tokens=64)
+    with inject(host, irm) as injection:
+        return generate(host, QUESTIONS, injection, prompt_format="chat", max_new_tokens=64, batch_size=8,
+                        capture=capture, min_new_tokens=64)
 
 
-def irm_input_shapes(host, irm: IRM, precision: Precision | None = None) -> list[tuple[int, ...]]:
+def irm_input_shapes(host, irm: IRM) -> list[tuple[int, ...]]:
     """The shape of every input the IRM gets in one `generate_fixed`: the left-padded prompt
     [8, prompt, d] once, then [8, 1, d] per generated token fed back."""
     shapes = []
     handle = irm.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     try:
-        generate_fixed(host, irm, precision=precision)
+        generate_fixed(host, irm)
     finally:
         handle.remove()
     return shapes
@@ -182,30 +181,32 @@ def bench_generation(setups: list[tuple[Precision, Host]], repeats: int) -> dict
     over its floor, plain + the IRM's own forwards on exactly the inputs it gets in that generation
     (the prompt once, then one token per step); capture of all layers' IRM outputs over the same
     generation without capture; bytes per token on disk. A precision that generates exactly as an
-    earlier one does (cpu-bf16-autocast generates in float32) is not timed again."""
-    fns, info, seen = {}, {}, set()
-    setups = [(p, h) for p, h in setups if not (generation_path(p) in seen or seen.add(generation_path(p)))]
+    earlier one does (cpu-bf16-autocast generates as cpu-float32) is not timed again."""
+    fns, info, by_path = {}, {}, {}
+    for precision, host in setups:
+        by_path.setdefault(generation_path(precision), (precision, host))
+    setups = list(by_path.values())
     for precision, host in setups:
         irm = random_irm(host)
-        shapes = irm_input_shapes(host, irm, precision)
+        shapes = irm_input_shapes(host, irm)
         dtype = next(irm.parameters()).dtype
         inputs = [torch.randn(*shape, device=host.device, dtype=dtype) for shape in shapes]
         step_input = torch.randn(8, 1, host.hidden_size, device=host.device, dtype=dtype)
 
-        def irm_as_in_generation(irm=irm, inputs=inputs, precision=precision):
-            with torch.inference_mode(), _autocast(precision, generation=True):
+        def irm_as_in_generation(irm=irm, inputs=inputs):
+            with torch.inference_mode():
                 for features in inputs:
                     irm(features)
 
-        def irm_decode_steps_only(irm=irm, n=len(shapes), precision=precision):  # the floor as first defined
-            with torch.inference_mode(), _autocast(precision, generation=True):
+        def irm_decode_steps_only(irm=irm, n=len(shapes)):  # the floor as first defined
+            with torch.inference_mode():
                 for _ in range(n):
                     irm(step_input)
 
         name = precision.name
-        fns.update({f"{name}/plain": lambda host=host, p=precision: generate_fixed(host, precision=p),
-                    f"{name}/irm": lambda host=host, irm=irm, p=precision: generate_fixed(host, irm, precision=p),
-                    f"{name}/capture": lambda host=host, irm=irm, p=precision: generate_fixed(host, irm, capture=True, precision=p),
+        fns.update({f"{name}/plain": lambda host=host: generate_fixed(host),
+                    f"{name}/irm": lambda host=host, irm=irm: generate_fixed(host, irm),
+                    f"{name}/capture": lambda host=host, irm=irm: generate_fixed(host, irm, capture=True),
                     f"{name}/irm_alone": irm_as_in_generation, f"{name}/irm_decode_only": irm_decode_steps_only})
         info[name] = (host, irm, shapes)
     measured = timed_interleaved(fns, repeats, setups[0][1].device)
@@ -215,7 +216,7 @@ def bench_generation(setups: list[tuple[Precision, Host]], repeats: int) -> dict
         host, irm, shapes = info[name]
         plain, active, captured = measured[f"{name}/plain"], measured[f"{name}/irm"], measured[f"{name}/capture"]
         floor = plain + measured[f"{name}/irm_alone"]
-        generations = generate_fixed(host, irm, capture=True, precision=precision)
+        generations = generate_fixed(host, irm, capture=True)
         outputs = CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])
         with tempfile.TemporaryDirectory() as tmp:
             size = outputs.save(Path(tmp) / "capture.safetensors")
@@ -256,7 +257,7 @@ def trace(setups: list[tuple[Precision, Host]], out_dir: Path) -> list[Path]:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if host.device.type == "cuda" else [])
         irm = random_irm(host)
         for name, fn in (("train_step", make_train_step(host, irm, random_batch(host), precision)),
-                         ("generation_irm", lambda: generate_fixed(host, irm, precision=precision))):
+                         ("generation_irm", lambda: generate_fixed(host, irm))):
             fn()
             with profile(activities=activities) as prof:
                 fn()
@@ -267,28 +268,35 @@ def trace(setups: list[tuple[Precision, Host]], out_dir: Path) -> list[Path]:
     return written
 
 
+def end_to_end_row(seconds: dict[str, float], peaks_mb: dict[str, float], profile: str, bf16: bool, expected: list[str]) -> dict:
+    """One profile's end-to-end row: per-notebook wall time and kernel peak memory against the
+    targets, and the expected notebooks that have not finished."""
+    target_bf16, target_fp32 = END_TO_END_TARGET_S[profile]
+    return {"notebooks_s": seconds, "total_s": sum(seconds.values()), "target_s": target_bf16 if bf16 else target_fp32,
+            "peak_rss_mb": peaks_mb, "max_peak_rss_mb": max(peaks_mb.values(), default=None),
+            "target_peak_rss_mb": TARGETS["peak_rss_mb"], "missing": [name for name in expected if name not in seconds]}
+
+
+def expected_notebooks() -> list[str]:
+    from irmlib.pipeline import NOTEBOOKS, notebook_dir
+
+    return [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
+
+
 def bench_end_to_end(bf16: bool = False) -> dict:
     """Wall time and kernel peak memory of each notebook, read from the pipeline's completion markers
     (a profile whose run has not finished every notebook is marked incomplete)."""
-    from irmlib.pipeline import NOTEBOOKS, notebook_dir
-
-    expected = [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
     result = {}
-    for profile, (target_bf16, target_fp32) in END_TO_END_TARGET_S.items():
-        out = notebooks_dir(profile)
-        markers = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.done"))}
+    for profile in END_TO_END_TARGET_S:
+        markers = {p.stem: json.loads(p.read_text()) for p in sorted(notebooks_dir(profile).glob("*.done"))}
         if markers:
-            peaks = {k: m["peak_rss_mb"] for k, m in markers.items() if m.get("peak_rss_mb")}
-            result[profile] = {"notebooks_s": {k: m["seconds"] for k, m in markers.items()},
-                               "total_s": sum(m["seconds"] for m in markers.values()),
-                               "target_s": target_bf16 if bf16 else target_fp32,
-                               "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks.values(), default=None),
-                               "target_peak_rss_mb": TARGETS["peak_rss_mb"],
-                               "missing": [name for name in expected if name not in markers]}
+            result[profile] = end_to_end_row({k: m["seconds"] for k, m in markers.items()},
+                                             {k: m["peak_rss_mb"] for k, m in markers.items() if m.get("peak_rss_mb")},
+                                             profile, bf16, expected_notebooks())
     return result
 
 
-DONE_LINE = re.compile(r"^\[(?P<name>[\w]+)\] done in (?P<seconds>\d+(?:\.\d+)?) s, kernel peak memory \(RSS\) (?P<rss>\d+(?:\.\d+)?) MB")
+DONE_LINE = re.compile(r"^\[(?P<name>\w+)\] done in (?P<seconds>\d+(?:\.\d+)?) s, kernel peak memory \(RSS\) (?P<rss>\d+(?:\.\d+)?) MB")
 RUN_LINE = re.compile(r"^run (?P<run>\S+) at commit (?P<commit>\S+)")
 
 
@@ -297,19 +305,16 @@ def end_to_end_from_log(text: str, profile: str, bf16: bool) -> dict:
     its "[name] done in N s, kernel peak memory (RSS) M MB" lines. For a run whose notebooks
     were later re-executed with --force (loading the trained IRMs), whose completion markers then
     time the re-execution, not the training."""
-    from irmlib.pipeline import NOTEBOOKS
-
-    done = {m["name"]: (float(m["seconds"]), float(m["rss"])) for m in map(DONE_LINE.match, text.splitlines()) if m}
+    lines = text.splitlines()
+    done = [m for m in map(DONE_LINE.match, lines) if m]
     if not done:
         raise ValueError("No '[notebook] done in N s, kernel peak memory (RSS) M MB' line in the pipeline log: "
                          "pass the output of a ./reproduce.sh run.")
-    run = next((m for m in map(RUN_LINE.match, text.splitlines()) if m), None)
-    target_bf16, target_fp32 = END_TO_END_TARGET_S[profile]
-    peaks = {k: rss for k, (_, rss) in done.items()}
-    return {"notebooks_s": {k: s for k, (s, _) in done.items()}, "total_s": sum(s for s, _ in done.values()),
-            "target_s": target_bf16 if bf16 else target_fp32, "peak_rss_mb": peaks, "max_peak_rss_mb": max(peaks.values()),
-            "target_peak_rss_mb": TARGETS["peak_rss_mb"], "missing": [n for n in NOTEBOOKS if n not in done],
-            "source": f"pipeline log of run {run['run']} at commit {run['commit']}" if run else "pipeline log"}
+    run = next((m for m in map(RUN_LINE.match, lines) if m), None)
+    row = end_to_end_row({m["name"]: float(m["seconds"]) for m in done}, {m["name"]: float(m["rss"]) for m in done},
+                         profile, bf16, expected_notebooks())
+    row["source"] = f"pipeline log of run {run['run']} at commit {run['commit']}" if run else "pipeline log"
+    return row
 
 
 def machine_info(device: torch.device) -> dict:

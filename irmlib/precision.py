@@ -20,15 +20,11 @@ loss (`lm_loss` casts the logits to float32, and autocast keeps cross-entropy in
     with autocast(precision):
         loss = lm_loss(...)                              # forward under autocast
     loss.backward()                                      # backward outside the block, as torch advises
-    with autocast(precision, generation=True):           # a no-op for cpu-bf16-autocast, see below
-        generations = generate(...)
 
-Generation on CPU stays in float32 under cpu-bf16-autocast (`Precision.generation_autocast` is
-False): one token per step is bound by reading the weights, and autocast re-casts the frozen
-host's fp32 weights to bf16 at every step. Measured on a 2-core AMD EPYC with avx512_bf16 (1
-thread, batch 8, 32 new tokens, min / median of 3): under autocast plain generation took
-1.00 / 1.02x its fp32 time and generation with the IRM 1.16 / 1.12x, while a train step took
-0.55-0.61x.
+Generation never runs under autocast (irmlib.generate does not enter it; the host's dtype
+decides): one token per step is bound by reading the weights, and autocast would re-cast the
+frozen host's fp32 weights to bf16 at every step. On a 2-core Intel Xeon with AMX, generation
+with the IRM (batch 8, 32 new tokens) took 1.43x its fp32 time under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -68,8 +64,6 @@ class Precision:
     host_dtype: the frozen host's weights. autocast_dtype: None, or the dtype that matrix products
     of the host's and the IRM's forward (and so their backward) run in under torch.autocast.
     irm_dtype: the IRM's master weights, gradients and optimizer state (always float32).
-    generation_autocast: whether generation (one token per step) also runs under autocast; False
-    where autocast only pays for large matrix products (CPU).
     """
 
     name: str  # e.g. "cpu-float32", "cpu-bf16-autocast", "cuda-bfloat16", "cuda-float16-host"
@@ -78,7 +72,6 @@ class Precision:
     autocast_dtype: torch.dtype | None
     reason: str
     irm_dtype: torch.dtype = torch.float32
-    generation_autocast: bool = False
     details: dict = field(default_factory=dict, compare=False)  # what the decision read: flags, probe, capability
 
     def as_dict(self) -> dict:
@@ -88,7 +81,7 @@ class Precision:
 
         return {"name": self.name, "device_type": self.device_type, "host_dtype": dtype_name(self.host_dtype),
                 "autocast_dtype": dtype_name(self.autocast_dtype), "irm_dtype": dtype_name(self.irm_dtype),
-                "generation_autocast": self.generation_autocast, "reason": self.reason, "details": dict(self.details)}
+                "reason": self.reason, "details": dict(self.details)}
 
 
 def _read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, set[str]]:
@@ -290,10 +283,9 @@ def precision_request(precision: Precision) -> str:
     return str(precision.host_dtype).removeprefix("torch.")
 
 
-def autocast(precision: Precision, device_type: str | None = None, generation: bool = False) -> AbstractContextManager:
+def autocast(precision: Precision, device_type: str | None = None) -> AbstractContextManager:
     """torch.autocast for `precision` (the forward pass goes inside it); a no-op when
-    `precision.autocast_dtype` is None, and for `generation=True` unless
-    `precision.generation_autocast`."""
-    if precision.autocast_dtype is None or (generation and not precision.generation_autocast):
+    `precision.autocast_dtype` is None."""
+    if precision.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(device_type or precision.device_type, dtype=precision.autocast_dtype)

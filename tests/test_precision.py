@@ -241,13 +241,3 @@ def test_precision_request_gives_the_same_precision_again(monkeypatch):
         chosen = P.choose_precision("cuda")
         assert chosen.name == expected and P.choose_precision("cuda", P.precision_request(chosen)).name == expected
 
-
-def test_generation_stays_float32_under_cpu_bf16_autocast():
-    bf16 = P.Precision("cpu-bf16-autocast", "cpu", torch.float32, torch.bfloat16, "test")
-    a = torch.randn(4, 4)
-    with P.autocast(bf16, generation=True):
-        assert (a @ a).dtype is torch.float32
-    assert bf16.as_dict()["generation_autocast"] is False
-    both = P.Precision("x", "cpu", torch.float32, torch.bfloat16, "test", generation_autocast=True)
-    with P.autocast(both, generation=True):
-        assert (a @ a).dtype is torch.bfloat16
