@@ -7,7 +7,7 @@ reading the host's hidden state right after layer 0's attention residual add.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -74,6 +74,10 @@ class IRMConfig:
     @classmethod
     def for_host(cls, host, **overrides) -> "IRMConfig":
         return cls(hidden_size=host.hidden_size, n_layers=host.n_layers, **overrides)
+
+
+# What a profile's `irm:` section may set: every IRMConfig field but the host's shape.
+IRM_FIELDS = tuple(f.name for f in fields(IRMConfig) if f.name not in ("hidden_size", "n_layers"))
 
 
 class IRM(nn.Module):

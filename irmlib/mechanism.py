@@ -196,13 +196,13 @@ def arm_profiles(profile) -> dict:
     seed in `emotions` x `seeds`], emotions: [...], seeds: [...]}; the other arms run once, on the
     first emotion and seed.
     """
-    from dataclasses import replace
+    from .profile import with_overrides
 
     spec = profile.mechanism or {}
     if not spec.get("arms"):
         raise ValueError(f"Profile '{profile.name}' has no mechanism.arms: notebook 06 needs them (see irmlib/profiles/cpu.yaml).")
-    base = replace(profile, **spec.get("base", {}))
-    return {name: replace(base, **overrides) for name, overrides in spec["arms"].items()}
+    base = with_overrides(profile, spec.get("base", {}))
+    return {name: with_overrides(base, overrides) for name, overrides in spec["arms"].items()}
 
 
 def arm_runs(profile) -> list[tuple[str, str, int]]:

@@ -175,7 +175,7 @@ def run_record(profile, force: bool = False) -> dict:
 
         from .precision import choose_precision, precision_request
 
-        precision = choose_precision("cuda" if torch.cuda.is_available() else "cpu", profile.precision)
+        precision = choose_precision("cuda" if torch.cuda.is_available() else "cpu", profile.train.precision)
         record = {"run": time.strftime("%Y%m%dT%H%M%S"), **state, "precision": precision_request(precision),
                   "precision_reason": precision.reason}
         write_json(path, record)

@@ -181,25 +181,34 @@ def irm_parameters(hidden_size: int, n_injected: int, width_factor: int = 3, n_l
     return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
 
 
-def n_injected(profile: Profile, host: HostShape) -> int:
-    return host.n_layers if profile.injected_layers is None else len(profile.injected_layers)
+def irm_config(profile: Profile, host: HostShape):
+    """The IRMConfig the profile's `irm:` section gives on this host."""
+    from .irm import IRMConfig
+
+    return IRMConfig(hidden_size=host.hidden_size, n_layers=host.n_layers, **profile.irm)
 
 
-def activation_bytes_per_token(host: HostShape, profile: Profile, options: Options, n_linear: int = 5) -> int:
+def profile_irm_parameters(profile: Profile, host: HostShape) -> int:
+    irm = irm_config(profile, host)
+    return irm_parameters(host.hidden_size, irm.n_injected, irm.width_factor, irm.n_linear)
+
+
+def activation_bytes_per_token(host: HostShape, profile: Profile, options: Options) -> int:
     """Activations kept for the backward pass, bytes per token (formulas in the module docstring)."""
-    h, s = host.hidden_size, profile.max_length
+    h, s = host.hidden_size, profile.train.max_length
     layer = (6 * h + 2 * host.kv_size + 4 * host.intermediate_size + host.n_heads * s) * HOST_BYTES
     kept = host.n_layers * h * HOST_BYTES + layer if options.checkpointing else host.n_layers * layer
     logits = host.vocab_size * (HOST_BYTES + 2 * FP32)
     irm_bytes = 2 if options.mixed_precision else FP32
-    irm = (h + 2 * (n_linear - 1) * h * profile.width_factor + 2 * h * n_injected(profile, host)) * irm_bytes
+    shape = irm_config(profile, host)
+    irm = (h + 2 * (shape.n_linear - 1) * h * shape.width_factor + 2 * h * shape.n_injected) * irm_bytes
     return kept + logits + irm
 
 
 def memory(profile: Profile, host: HostShape, gpus: int = 1, options: Options = Options()) -> Memory:
-    """Bytes per GPU when `gpus` GPUs train one IRM under DDP, each on a batch of profile.batch_size rows."""
-    irm = irm_parameters(host.hidden_size, n_injected(profile, host), profile.width_factor)
-    tokens = profile.batch_size * profile.max_length
+    """Bytes per GPU when `gpus` GPUs train one IRM under DDP, each on a batch of profile.train.batch_size rows."""
+    irm = profile_irm_parameters(profile, host)
+    tokens = profile.train.batch_size * profile.train.max_length
     return Memory(host_weights=host.parameters * HOST_BYTES, irm_weights=irm * FP32, irm_gradients=irm * FP32,
                   adam_state=irm * FP32 * ADAM_STATES, ddp_buckets=irm * FP32 if gpus > 1 else 0,
                   autocast_copies=irm * 2 if options.mixed_precision else 0,
@@ -228,8 +237,8 @@ def rows_per_emotion(profile: Profile) -> tuple[int, int, str]:
 def epoch_flops(profile: Profile, host: HostShape, train_rows: int, val_rows: int, options: Options = Options()) -> tuple[float, float]:
     """(host FLOPs, IRM FLOPs) of one epoch of one IRM run, its one validation pass included."""
     p_host = host.matmul_parameters
-    p_irm = irm_parameters(host.hidden_size, n_injected(profile, host), profile.width_factor)
-    train_tokens, val_tokens = train_rows * profile.max_length, val_rows * profile.max_length
+    p_irm = profile_irm_parameters(profile, host)
+    train_tokens, val_tokens = train_rows * profile.train.max_length, val_rows * profile.train.max_length
     host_per_token = (6 if options.checkpointing else 4) * p_host
     return (host_per_token * train_tokens + 2 * p_host * val_tokens, 6 * p_irm * train_tokens + 2 * p_irm * val_tokens)
 
@@ -249,8 +258,8 @@ def fits(total_bytes: float, gpu: GPU) -> bool:
 
 def epochs_run(profile: Profile, train_rows: int, gpus: int) -> int:
     """Epochs one run trains at most: the profile's, fewer where max_steps ends it sooner."""
-    steps_per_epoch = math.ceil(train_rows / (profile.batch_size * gpus))
-    return profile.epochs if profile.max_steps is None else min(profile.epochs, math.ceil(profile.max_steps / steps_per_epoch))
+    steps_per_epoch = math.ceil(train_rows / (profile.train.batch_size * gpus))
+    return profile.train.epochs if profile.train.max_steps is None else min(profile.train.epochs, math.ceil(profile.train.max_steps / steps_per_epoch))
 
 
 def memory_table(parts: Memory) -> list[str]:
@@ -281,8 +290,9 @@ def gpu_table(parts: Memory, flops: tuple[float, float], runs_x_epochs: int, gpu
 def report(profile: Profile, gpus: int = 1) -> str:
     """The plan as text: memory per GPU, which GPUs it fits, hours per epoch; option rows where it does not fit every GPU."""
     host = host_shape(profile.host)
-    injected = n_injected(profile, host)
-    irm = irm_parameters(host.hidden_size, injected, profile.width_factor)
+    irm_shape = irm_config(profile, host)
+    injected, width_factor = irm_shape.n_injected, irm_shape.width_factor
+    irm = irm_parameters(host.hidden_size, injected, width_factor)
     train_rows, val_rows, source = rows_per_emotion(profile)
     runs = len(profile.emotions) * len(profile.seeds)
     runs_x_epochs = runs * epochs_run(profile, train_rows, gpus)
@@ -291,9 +301,9 @@ def report(profile: Profile, gpus: int = 1) -> str:
     lines = [
         f"Plan for profile '{profile.name}' (estimates; GB = 1e9 bytes)",
         f"  host {host.name}: {host.n_layers} layers, hidden {host.hidden_size}, {host.parameters / 1e9:.2f}B parameters",
-        f"  IRM on {injected} layers, width {profile.width_factor}: {irm / 1e6:,.1f}M parameters "
+        f"  IRM on {injected} layers, width {width_factor}: {irm / 1e6:,.1f}M parameters "
         f"({irm / host.parameters:.0%} of the host's)",
-        f"  batch {profile.batch_size} x {profile.max_length} tokens per GPU on {gpus} GPU(s) (DDP: each GPU holds all below)",
+        f"  batch {profile.train.batch_size} x {profile.train.max_length} tokens per GPU on {gpus} GPU(s) (DDP: each GPU holds all below)",
         f"  rows per epoch and run: {train_rows:,} train, {val_rows:,} validation ({source})",
         f"  runs: {runs} ({len(profile.emotions)} emotions x {len(profile.seeds)} seeds), at most {runs_x_epochs // runs} epoch(s) each",
         "",

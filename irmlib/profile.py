@@ -7,12 +7,14 @@ colab: a hub SmolLM2 on a Colab GPU; paper: Llama-2-7b-chat on SQuAD-derived dat
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
 from .files import repo_root
+from .irm import IRM_FIELDS
+from .train import TrainConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "cpu"
@@ -24,6 +26,9 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Profile:
+    """A run's knobs: what to train on and evaluate (here), how to train (`train`, a TrainConfig
+    holding the `train:` and `irm:` sections). Build one with `load_profile`."""
+
     name: str
     host: str = "embedded"  # "embedded", a hub id, or a local path
     needs_network: bool = False
@@ -33,30 +38,31 @@ class Profile:
     data_limit: int | None = None  # rows per split and emotion (None: all)
     prompt_format: str = "chat"  # chat: the host's chat template; plain: question + " " (the paper)
     loss_on: str = "answer"  # answer: answer tokens only; all: question and answer (the paper)
-    injected_layers: tuple[int, ...] | None = None  # None: every host layer (the paper)
-    width_factor: int = 3
-    site: str = "post_attn"
-    init: str = "zero"  # zero: last layer zeroed; paper: N(0, 0.02) weights, zero biases (the paper's code); torch
-    output_rotation_seed: int | None = None  # Adam in a fixed random rotation of the IRM output's basis (06, arm E)
-    objective: str = "fixed"  # fixed: next token, padding ignored; paper_code: labels shifted twice, EOS padding scored
-    label_shift: int | None = None  # overrides the objective's (1 or 2)
-    pad_in_loss: bool | None = None  # overrides the objective's
-    max_length: int = 128
-    batch_size: int = 8
-    epochs: int = 15
-    max_steps: int | None = None
-    lr: float = 1e-4
-    lr_gamma: float = 0.85
-    precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16 that prove faster), float32, bfloat16
-    patience: int = 6  # validation checks without improvement before stopping
-    val_checks_per_epoch: int = 1  # the paper's code: 4
-    l1: bool = False
-    track_every: int | None = None  # steps between striation metrics on probe texts during training
-    mechanism: dict | None = None  # notebook 06: step budget and arms (profile overrides per arm)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the `train:` and `irm:` sections
     max_new_tokens: int = 48
     n_eval_prompts: int = 24
     retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
     squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
+    mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
+
+    def __post_init__(self):
+        for key in ("emotions", "seeds", "retrain_emotions"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        for key, allowed in (("data", DATA_SOURCES), ("prompt_format", PROMPT_FORMATS), ("loss_on", LOSS_ON)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}.")
+        for key in ("max_new_tokens", "n_eval_prompts"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}.")
+        if not self.emotions or not self.seeds:
+            raise ValueError("emotions and seeds must each name at least one.")
+
+    @property
+    def irm(self) -> dict:
+        """The `irm:` section: IRMConfig fields but the host's shape (IRMConfig.for_host(host, **profile.irm))."""
+        return self.train.irm
 
     @property
     def run_dir(self) -> Path:
@@ -66,28 +72,26 @@ class Profile:
     def figure_dir(self) -> Path:
         return repo_root() / "figures" / self.name
 
-    def irm_overrides(self) -> dict:
-        return {"injected_layers": self.injected_layers, "width_factor": self.width_factor, "site": self.site, "init": self.init,
-                "output_rotation_seed": self.output_rotation_seed}
+    def knobs(self) -> dict:
+        """Every knob by its name, the IRM's defaults filled in: {"lr": 1e-4, "init": "zero", ...}."""
+        from .irm import IRMConfig
 
-    def objective_spec(self):
-        """The resolved training objective (irmlib.objective.Objective)."""
-        from .objective import resolve_objective
-
-        return resolve_objective(self.objective, self.label_shift, self.pad_in_loss)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+        irm_defaults = {f.name: f.default for f in fields(IRMConfig) if f.name in IRM_FIELDS}
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
+        train = {f.name: getattr(self.train, f.name) for f in fields(self.train) if f.name != "irm"}
+        return {**top, **train, **irm_defaults, **self.irm}
 
     def differences(self, reference: str = "paper") -> dict:
-        """The fields whose value differs from the `reference` profile's (the paper's setup), as
-        {field: (this, reference)}, notebook 06's arms left out: what a notebook shows of its profile."""
-        other = load_profile(reference)
-        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
-                if f.name not in ("name", "mechanism") and getattr(self, f.name) != getattr(other, f.name)}
+        """The knobs whose value differs from the `reference` profile's (the paper's setup), as
+        {knob: (this, reference)}, notebook 06's arms left out: what a notebook shows of its profile."""
+        mine, other = self.knobs(), load_profile(reference).knobs()
+        return {key: (value, other[key]) for key, value in mine.items() if key not in ("name", "mechanism") and value != other[key]}
 
 
-FIELDS = {f.name for f in fields(Profile)}
+DATA_SOURCES, PROMPT_FORMATS, LOSS_ON = ("curated", "squad"), ("chat", "plain"), ("answer", "all")
+PROFILE_FIELDS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "train"))
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "irm")
+SECTIONS = {"train": TRAIN_FIELDS, "irm": IRM_FIELDS}
 
 
 def available_profiles() -> list[str]:
@@ -99,24 +103,49 @@ def profile_from_env(default: str = DEFAULT_PROFILE) -> str:
     return os.environ.get("IRM_PROFILE", default)
 
 
+def _route(overrides: dict, name: str) -> tuple[dict, dict, dict]:
+    """Split overrides into (profile, train, irm) fields: a section (`train: {...}`, `irm: {...}`)
+    or a field named directly, which goes to the one section that has it."""
+    parts: dict[str, dict] = {"profile": {}, "train": {}, "irm": {}}
+    unknown = []
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ProfileError(f"Profile '{name}': section '{key}' must be a mapping of fields, got {value!r}.")
+            unknown += [f"{key}.{k}" for k in value if k not in SECTIONS[key]]
+            parts[key].update(value)
+        elif key in PROFILE_FIELDS:
+            parts["profile"][key] = value
+        elif key in TRAIN_FIELDS or key in IRM_FIELDS:
+            parts["train" if key in TRAIN_FIELDS else "irm"][key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        valid = sorted(PROFILE_FIELDS + TRAIN_FIELDS + IRM_FIELDS)
+        raise ProfileError(f"Unknown profile field(s) {sorted(unknown)} in profile '{name}'. Valid fields: {', '.join(valid)} "
+                           "(train and IRM fields may also be given in `train:` and `irm:` sections).")
+    return parts["profile"], parts["train"], parts["irm"]
+
+
+def with_overrides(profile: Profile, overrides: dict) -> Profile:
+    """`profile` with `overrides` applied (a field by its name, or `train:` / `irm:` sections),
+    checked by the one validator of each part: Profile, TrainConfig, IRM_FIELDS."""
+    top, train, irm = _route(overrides, profile.name)
+    try:
+        config = replace(profile.train, **train, irm={**profile.train.irm, **irm})
+        return replace(profile, **top, train=config)
+    except (TypeError, ValueError) as err:
+        raise ProfileError(f"Profile '{profile.name}': {err}") from err
+
+
 def load_profile(name: str | None = None, **overrides) -> Profile:
-    """Read a profile by name and apply field overrides (e.g. from papermill parameters)."""
+    """Read a profile by name and apply field overrides (e.g. papermill parameters; None: not given)."""
     name = name or profile_from_env()
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
         raise ProfileError(f"Unknown profile '{name}'. Available profiles: {', '.join(available_profiles())}.")
     values = yaml.safe_load(path.read_text()) or {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - FIELDS)
-    if unknown:
-        raise ProfileError(f"Unknown profile field(s) {unknown} in profile '{name}'. Valid fields: {', '.join(sorted(FIELDS))}.")
-    for key in ("emotions", "seeds", "injected_layers", "retrain_emotions"):
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    values["name"] = name
-    profile = Profile(**values)
-    for key in ("max_length", "batch_size", "epochs", "max_new_tokens", "n_eval_prompts"):
-        value = getattr(profile, key)
-        if not isinstance(value, int) or value <= 0:
-            raise ProfileError(f"Profile field '{key}' must be a positive integer, got {value!r}.")
-    return profile
+    if not isinstance(values, dict):
+        raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
+    profile = with_overrides(Profile(name=name), values)
+    return with_overrides(profile, {k: v for k, v in overrides.items() if v is not None})

@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from .files import atomic_path, write_json
 from .host import Host
 from .inject import Injection
-from .irm import IRM, IRMConfig, load_irm, save_irm
-from .objective import l1_penalty, lm_loss, scored_positions
+from .irm import IRM, IRM_FIELDS, IRMConfig, load_irm, save_irm
+from .objective import Objective, l1_penalty, lm_loss, resolve_objective, scored_positions
 from .precision import Precision, autocast, choose_precision, precision_request
 from . import runs
 
@@ -42,9 +42,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs as plain data; defaults are the paper's."""
+    """Training knobs as plain data, the `train:` section of a profile (plus `irm:`, the IRMConfig
+    overrides); defaults are the paper's."""
 
     epochs: int = 15
     batch_size: int = 8
@@ -53,28 +54,44 @@ class TrainConfig:
     lr_gamma: float = 0.85  # StepLR, stepped once per epoch
     patience: int = 6  # validation checks without a better validation loss before stopping
     val_checks_per_epoch: int = 1  # the paper's code: 4 (val_check_interval 0.25)
-    label_shift: int = 1  # position i scored against token i + label_shift (the paper's code: 2)
-    pad_in_loss: bool = False  # EOS padding scored in the loss (the paper's code: True)
+    objective: str = "fixed"  # irmlib.objective: fixed (next token, padding ignored) or paper_code
+    label_shift: int | None = None  # overrides the objective's: position i scored against token i + label_shift
+    pad_in_loss: bool | None = None  # overrides the objective's: EOS padding scored in the loss
     l1: bool = False  # the paper's optional L1 on the IRM output
     l1_alpha: float | None = None  # None: 1e-4 / injected layers, as in the paper
-    l1_mode: str = "mean"  # mean per real token, or the paper code's sum over every position
     track_every: int | None = None  # steps between calls of the tracker given to train_irm
     precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16), float32, bfloat16
     seed: int = 42
-    max_steps: int | None = None  # stop after this many optimizer steps in total (smoke runs)
+    max_steps: int | None = None  # stop after this many optimizer steps in total
     checkpoint_every: int = 25  # steps between resumable checkpoints
     masked_indices: tuple[int, ...] = ()  # hidden indices of the IRM output zeroed during training
-    irm: dict = field(default_factory=dict)  # IRMConfig overrides (injected_layers, site, init, ...)
+    irm: dict = field(default_factory=dict)  # IRMConfig fields but the host's shape (injected_layers, site, init, ...)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "max_length", "checkpoint_every", "val_checks_per_epoch"):
+        for name in ("epochs", "batch_size", "max_length", "checkpoint_every", "val_checks_per_epoch", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive or None, got {self.max_steps!r}.")
+        for name in ("max_steps", "track_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}.")
+        irm = dict(self.irm)
+        if isinstance(irm.get("injected_layers"), list):
+            irm["injected_layers"] = tuple(irm["injected_layers"])
+        object.__setattr__(self, "irm", irm)
+        object.__setattr__(self, "masked_indices", tuple(self.masked_indices))
+        unknown = sorted(set(irm) - set(IRM_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown IRM field(s) {unknown}; valid: {', '.join(IRM_FIELDS)}.")
+        self.objective_spec  # an unknown objective or a bad override fails here, not at the first step
+
+    @property
+    def objective_spec(self) -> Objective:
+        """The resolved objective: label shift, padding in the loss, L1 mode."""
+        return resolve_objective(self.objective, self.label_shift, self.pad_in_loss)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -182,7 +199,8 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     # A resumed run keeps the precision it started with, whatever the start-up probe says now.
     precision = choose_precision(accelerator.device, state.get("precision_request") or config.precision)
     state["precision_request"] = precision_request(precision)
-    meta = {"train": asdict(config), "precision": precision.as_dict(), **(metadata or {})}
+    objective = config.objective_spec
+    meta = {"train": asdict(config), "objective": asdict(objective), "precision": precision.as_dict(), **(metadata or {})}
     l1_alpha = (config.l1_alpha if config.l1_alpha is not None else 1e-4 / irm.config.n_injected) if config.l1 else 0.0
     irm, optimizer = accelerator.prepare(irm, optimizer)
     injection = Injection(host, irm, masked_indices=config.masked_indices)
@@ -202,7 +220,7 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
 
     def validate() -> None:
         irm.eval()
-        val_loss = evaluate_loss(host, val_loader, accelerator, config.label_shift, precision)
+        val_loss = evaluate_loss(host, val_loader, accelerator, objective.label_shift, precision)
         irm.train()
         history[-1]["val_loss"] = val_loss
         if val_loss < state["best_val"]:
@@ -225,7 +243,7 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     if state["initial_val"] is None:
         # The validation loss before any step: with the zero-init IRM, the untouched host's.
         irm.eval()
-        state["initial_val"] = evaluate_loss(host, val_loader, accelerator, config.label_shift, precision)
+        state["initial_val"] = evaluate_loss(host, val_loader, accelerator, objective.label_shift, precision)
     if tracker is not None and not tracking:
         track()
     irm.train()
@@ -239,8 +257,8 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
             for batch in bar:
                 started = time.perf_counter()
                 with autocast(precision):  # the backward runs outside, as torch advises
-                    loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], config.label_shift)
-                    penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, config.l1_mode) if l1_alpha
+                    loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
+                    penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, objective.l1_mode) if l1_alpha
                                else torch.zeros((), device=loss.device))
                 total = loss + penalty
                 if not torch.isfinite(total):
@@ -293,27 +311,22 @@ def profile_datasets(host: Host, profile, emotion: str, rows: list[dict]) -> tup
     from .objective import make_paper_collate
     from .prompts import make_collate, tokenize
 
-    objective = profile.objective_spec()
+    objective, max_length = profile.train.objective_spec, profile.train.max_length
     # The paper's code keeps label_shift - 1 tokens beyond the inputs for the shifted labels.
-    length = profile.max_length + (objective.label_shift - 1 if objective.pad_in_loss else 0)
+    length = max_length + (objective.label_shift - 1 if objective.pad_in_loss else 0)
     splits = as_datasets(rows, emotion, limit=profile.data_limit)
     tokenised = {split: tokenize(host.tokenizer, part["question"], [rewrite_of(r) for r in part], length, profile.prompt_format,
                                  profile.loss_on) for split, part in splits.items()}
     if objective.pad_in_loss:
-        collate = make_paper_collate(host.tokenizer.eos_token_id, profile.max_length, objective.label_shift)
+        collate = make_paper_collate(host.tokenizer.eos_token_id, max_length, objective.label_shift)
     else:
         collate = make_collate(host.tokenizer.pad_token_id)
     return tokenised, collate
 
 
 def train_config(profile, seed: int, masked_indices: tuple[int, ...] = ()) -> TrainConfig:
-    """The TrainConfig of a profile's run for one seed."""
-    objective = profile.objective_spec()
-    return TrainConfig(epochs=profile.epochs, batch_size=profile.batch_size, max_length=profile.max_length, lr=profile.lr,
-                       lr_gamma=profile.lr_gamma, patience=profile.patience, val_checks_per_epoch=profile.val_checks_per_epoch,
-                       label_shift=objective.label_shift, pad_in_loss=objective.pad_in_loss, l1=profile.l1,
-                       l1_mode=objective.l1_mode, seed=seed, max_steps=profile.max_steps, track_every=profile.track_every,
-                       precision=profile.precision, masked_indices=tuple(masked_indices), irm=profile.irm_overrides())
+    """The TrainConfig of a profile's run for one seed: its `train:` and `irm:` sections."""
+    return replace(profile.train, seed=seed, masked_indices=tuple(masked_indices))
 
 
 def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True,
@@ -326,7 +339,7 @@ def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[d
     """
     tokenised, collate = profile_datasets(host, profile, emotion, rows)
     metadata = {"profile": profile.name, "emotion": emotion, "seed": seed, "host": host.name,
-                "prompt_format": profile.prompt_format, "loss_on": profile.loss_on, "objective": asdict(profile.objective_spec())}
+                "prompt_format": profile.prompt_format, "loss_on": profile.loss_on}
     return train_irm(host, tokenised["train"], tokenised["validation"], collate, train_config(profile, seed, masked_indices),
                      runs.run_dir(profile, emotion, seed, variant), metadata=metadata, progress=progress, tracker=tracker)
 

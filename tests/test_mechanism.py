@@ -120,13 +120,13 @@ def test_arms_of_the_cpu_profile():
     profile = load_profile("cpu")
     arms = arm_profiles(profile)
     assert set(arms) == {"A", "B", "C", "D", "E"}
-    spec = {name: arm.objective_spec() for name, arm in arms.items()}
+    spec = {name: arm.train.objective_spec for name, arm in arms.items()}
     assert (spec["A"].label_shift, spec["A"].pad_in_loss) == (2, True)
     assert (spec["B"].label_shift, spec["B"].pad_in_loss) == (1, False)
     assert (spec["C"].label_shift, spec["C"].pad_in_loss) == (1, True)
     assert (spec["D"].label_shift, spec["D"].pad_in_loss) == (2, False)
-    assert arms["E"].output_rotation_seed is not None and arms["A"].output_rotation_seed is None
-    assert all(arm.init == "paper" and arm.prompt_format == "plain" and arm.loss_on == "all" for arm in arms.values())
+    assert arms["E"].irm.get("output_rotation_seed") is not None and arms["A"].irm.get("output_rotation_seed") is None
+    assert all(arm.irm["init"] == "paper" and arm.prompt_format == "plain" and arm.loss_on == "all" for arm in arms.values())
     runs = arm_runs(profile)
     assert len(runs) == len(set(runs)) and {r[0] for r in runs} == set(arms)
     assert sum(r[0] == "A" for r in runs) >= 4 and sum(r[0] == "C" for r in runs) == 1

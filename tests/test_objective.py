@@ -135,7 +135,7 @@ def test_validation_checks_per_epoch_patience_in_checks_and_tracking(tiny_host, 
 
 def test_paper_code_objective_trains(tiny_host, tmp_path):
     rows = [{"input_ids": r["input_ids"] + [EOS]} for r in tiny_rows(24, 0)]
-    config = TrainConfig(epochs=2, batch_size=4, lr=1e-3, max_length=16, label_shift=2, pad_in_loss=True, l1=True, l1_mode="sum",
+    config = TrainConfig(epochs=2, batch_size=4, lr=1e-3, max_length=16, objective="paper_code", l1=True,
                          irm={"init": "paper"})
     summary = train_irm(tiny_host, rows, rows[:8], make_paper_collate(EOS, 16, 2), config, tmp_path / "run", progress=False)
     assert summary["last_train_loss"] < summary["first_train_loss"]

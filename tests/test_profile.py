@@ -11,16 +11,17 @@ def test_shipped_profiles_load():
     assert set(available_profiles()) >= {"smoke", "cpu", "colab", "paper"}
     paper = load_profile("paper")
     assert paper.host == "meta-llama/Llama-2-7b-chat-hf" and paper.prompt_format == "plain" and paper.loss_on == "all"
-    assert paper.injected_layers is None and paper.lr == 1e-4 and paper.batch_size == 8 and paper.max_length == 128
+    assert paper.irm.get("injected_layers") is None and paper.train.lr == 1e-4 and paper.train.batch_size == 8 and paper.train.max_length == 128
     assert not load_profile("cpu").needs_network and not load_profile("smoke").needs_network
 
 
 def test_paper_profiles_train_as_the_papers_code_and_with_the_fixed_objective():
     paper, fixed = load_profile("paper"), load_profile("paper_fixed")
-    assert (paper.objective_spec().label_shift, paper.objective_spec().pad_in_loss) == (2, True)
-    assert (fixed.objective_spec().label_shift, fixed.objective_spec().pad_in_loss) == (1, False)
+    assert (paper.train.objective_spec.label_shift, paper.train.objective_spec.pad_in_loss) == (2, True)
+    assert (fixed.train.objective_spec.label_shift, fixed.train.objective_spec.pad_in_loss) == (1, False)
     for profile in (paper, fixed):
-        assert profile.init == "paper" and profile.val_checks_per_epoch == 4 and profile.patience == 6 and profile.lr_gamma == 0.85
+        assert profile.irm["init"] == "paper"
+        assert (profile.train.val_checks_per_epoch, profile.train.patience, profile.train.lr_gamma) == (4, 6, 0.85)
     assert set(fixed.differences()) == {"objective"}
 
 
@@ -35,11 +36,32 @@ def test_unknown_field_names_the_valid_ones():
 
 
 def test_overrides_apply_and_are_checked():
-    assert load_profile("smoke", batch_size=2).batch_size == 2
-    with pytest.raises(ProfileError, match="'batch_size' must be a positive integer"):
+    assert load_profile("smoke", batch_size=2).train.batch_size == 2
+    with pytest.raises(ProfileError, match="Profile 'smoke': batch_size must be a positive integer"):
         load_profile("smoke", batch_size=0)
-    with pytest.raises(ProfileError, match="'max_length' must be a positive integer"):
+    with pytest.raises(ProfileError, match="max_length must be a positive integer"):
         load_profile("smoke", max_length=-1)
+    with pytest.raises(ProfileError, match="objective 'paper' unknown; choose one of fixed, paper_code"):
+        load_profile("smoke", objective="paper")
+    with pytest.raises(ProfileError, match="prompt_format must be one of chat, plain"):
+        load_profile("smoke", prompt_format="chatml")
+
+
+def test_yaml_sections_and_fields_named_directly_are_the_same_profile():
+    by_section = load_profile("smoke", train={"lr": 1e-3, "objective": "fixed"}, irm={"init": "zero", "injected_layers": [0]})
+    by_name = load_profile("smoke", lr=1e-3, objective="fixed", init="zero", injected_layers=[0])
+    assert by_section == by_name
+    assert by_name.train.lr == 1e-3 and by_name.irm == {"init": "zero", "injected_layers": (0,)}
+    assert by_name.train.objective_spec.label_shift == 1
+    with pytest.raises(ProfileError, match=r"Unknown profile field\(s\) \['train.init'\]"):
+        load_profile("smoke", train={"init": "zero"})
+
+
+def test_differences_name_each_knob_once():
+    smoke = load_profile("smoke")
+    differences = smoke.differences()
+    assert differences["injected_layers"] == ((0, 14, 29), None) and differences["lr"] == (3e-3, 1e-4)
+    assert "objective" not in differences and "init" not in differences  # smoke trains as the paper's code
 
 
 def test_environment_picks_the_profile(monkeypatch):
