@@ -203,3 +203,38 @@ def striation_metrics(matrix: np.ndarray, k: int = 5) -> dict:
     dominant = dominant_index(matrix)
     return {**variance_shares(matrix), "dominant_index": dominant, f"top{k}": top_k_indices(matrix, k),
             "vertical_continuity": vertical_continuity(matrix, dominant, k)}
+
+
+def steering_comparison(host: Host, rows: list[dict], profile, importances: dict[str, np.ndarray],
+                        dominant: dict[str, int], pairs_per_emotion: int | None = None) -> pd.DataFrame:
+    """Notebook 04's baseline: steering vectors of each emotion but neutral, read from its training
+    texts against the neutral rewrite of the same question, at the last token (CAA) and as the mean
+    over all tokens, beside the IRM of the emotion's first seed.
+
+    importances, dominant: per run name (runs.run_name), the IRM's per-index importance `[hidden]`
+    and dominant index. pairs_per_emotion: training rows read per emotion (default 2 x the
+    profile's n_eval_prompts). One row per "<emotion>, <reading>": the vector's striation metrics,
+    its Spearman correlation with the IRM's importance, the rank in it of the IRM's dominant index,
+    and the number of pairs.
+    """
+    from .data import as_datasets
+    from .runs import run_name
+
+    limit = pairs_per_emotion or 2 * profile.n_eval_prompts
+    train_rows = {e: as_datasets(rows, e, limit=limit)["train"] for e in profile.emotions}
+    neutral_by_question = {r["question"]: r["text"] for r in train_rows.get("neutral", [])}
+    table = {}
+    for emotion in profile.emotions:
+        pairs = [(r["text"], neutral_by_question[r["question"]]) for r in train_rows[emotion] if r["question"] in neutral_by_question]
+        if emotion == "neutral" or not pairs:
+            continue
+        run = run_name(emotion, profile.seeds[0])
+        readings = {"last token (CAA)": np.abs(caa_steering(host, pairs)),
+                    "all tokens": np.abs(mean_difference_steering(host, [p[0] for p in pairs], [p[1] for p in pairs]))}
+        for reading, vector in readings.items():
+            table[f"{emotion}, {reading}"] = striation_metrics(vector) | {
+                "spearman_with_irm": float(pd.Series(index_importance(vector)).corr(pd.Series(importances[run]), method="spearman")),
+                "rank_of_irm_dominant": rank_of(index_importance(vector), dominant[run]),
+                "pairs": len(pairs),
+            }
+    return pd.DataFrame(table).T

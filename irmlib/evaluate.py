@@ -8,6 +8,7 @@ regression trained on data/judge, a set written apart from the alignment data's 
 from __future__ import annotations
 
 import importlib.util
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,11 +165,20 @@ def generation_table(host: Host, irms: dict, questions: list[str], prompt_format
     return pd.DataFrame(rows)
 
 
-def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.DataFrame:
-    """Per target emotion and mode: the target-emotion probability and perplexity of base vs IRM
-    generations, each as mean and 95% interval over prompts (and seeds, for the IRM).
+def change_verdict(low: float, high: float) -> str:
+    """A paired change's verdict from its 95% interval: "raised" / "lowered" where the interval
+    excludes 0, else "did not clearly change"."""
+    return "raised" if low > 0 else "lowered" if high < 0 else "did not clearly change"
 
-    scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `p_<emotion>`, `perplexity`.
+
+def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.DataFrame:
+    """Per target emotion and mode: the target-emotion probability, perplexity and distinct-2 of
+    base vs IRM generations, each as mean and 95% interval over prompts (and seeds, for the IRM),
+    and the paired change of the target probability (IRM minus base on the same prompt) with its
+    interval and verdict (`change_verdict`).
+
+    scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
+    `perplexity`, `distinct_2`.
     """
     records = []
     for emotion in emotions:
@@ -180,9 +190,30 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
                 for column, label in ((f"p_{emotion}", "p_target"), ("perplexity", "perplexity"), ("distinct_2", "distinct_2")):
                     mean, low, high = mean_ci(frame[column])
                     record |= {f"{label}_{who}": mean, f"{label}_{who}_low": low, f"{label}_{who}_high": high}
-            record["n_irm"] = len(irm)
+            base_by_question = base.groupby("question")[f"p_{emotion}"].mean()
+            change = mean_ci(irm[f"p_{emotion}"].to_numpy() - base_by_question.reindex(irm.question).to_numpy())
+            record |= {"p_target_change": change[0], "p_target_change_low": change[1], "p_target_change_high": change[2],
+                       "verdict": change_verdict(change[1], change[2]), "n_irm": len(irm)}
             records.append(record)
     return pd.DataFrame(records)
+
+
+def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questions: list[str], prompt_format: str,
+               max_new_tokens: int) -> pd.DataFrame:
+    """Greedy generations of the base host and each IRM, scored for one target emotion: one row per
+    model ("base", then `irms`' names) with p_target (mean, 95% interval), the paired change against
+    the base on the same prompts and its verdict, median perplexity and mean distinct-2."""
+    table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
+    scored = score_generations(host, judge, table, prompt_format)
+    base = scored[scored.model == "base"].set_index("question")[f"p_{emotion}"]
+    rows = {}
+    for model, group in scored.groupby("model", sort=False):
+        mean, low, high = mean_ci(group[f"p_{emotion}"])
+        change = mean_ci(group[f"p_{emotion}"].to_numpy() - base.reindex(group.question).to_numpy())
+        rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
+                       "verdict": "base" if model == "base" else change_verdict(change[1], change[2]),
+                       "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean())}
+    return pd.DataFrame(rows).T
 
 
 def alpha_sweep(host: Host, judge: EmotionJudge, irms: dict, questions: list[str], alphas: tuple[float, ...],
@@ -199,3 +230,53 @@ def alpha_sweep(host: Host, judge: EmotionJudge, irms: dict, questions: list[str
             scored = score_generations(host, judge, table, prompt_format)
             frames.append(scored.assign(emotion=emotion, alpha=alpha, p_target=scored[f"p_{emotion}"]))
     return pd.concat(frames, ignore_index=True)
+
+
+def masking_ablation(host: Host, judge: EmotionJudge, irms: dict[str, tuple[str, object]],
+                     conditions: dict[str, dict[str, tuple[int, ...]]], questions: list[str], prompt_format: str,
+                     max_new_tokens: int) -> pd.DataFrame:
+    """Notebook 05's inference ablation: greedy generations of each emotion's IRM with hidden
+    indices of its output zeroed, scored.
+
+    irms: {emotion: (run name, IRM)}; conditions: {emotion: {label: indices to zero}}, e.g.
+    {"anger": {"unmasked": (), "dominant masked": (507,)}}. One row per (emotion, condition,
+    question), with `p_target` the judge's probability of the emotion.
+    """
+    frames = []
+    for emotion, (name, irm) in irms.items():
+        for label, mask in conditions[emotion].items():
+            table = generation_table(host, {name: irm}, questions, prompt_format, max_new_tokens, modes=("greedy",),
+                                     masked_indices=tuple(mask))
+            scored = score_generations(host, judge, table, prompt_format)
+            frames.append(scored.assign(emotion=emotion, condition=label, p_target=scored[f"p_{emotion}"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed: int, rows: list[dict], masked_index: int,
+                   questions: list[str]) -> dict:
+    """Notebook 05's training ablation: retrain the IRM of (emotion, seed) with `masked_index` of its
+    output zeroed throughout (run variant "mask<index>"; a finished one is loaded), then measure
+    what took its place and whether the tone survives.
+
+    Returns the masked index, the new dominant index and the masked index's largest output (0 if the
+    mask held), the best validation loss with and without the mask, and the target probability and
+    median perplexity of the retrained IRM's greedy generations.
+    """
+    from .analysis import dominant_index, magnitude_matrix
+    from .generate import capture_irm_outputs
+    from .irm import load_irm
+    from .runs import run_dir, run_name
+    from .train import train_for_profile
+
+    variant = f"mask{masked_index}"
+    summary = train_for_profile(host, profile, emotion, seed, rows, masked_indices=(masked_index,), variant=variant, progress=False)
+    masked_irm = load_irm(run_dir(profile, emotion, seed, variant) / "best", host)
+    matrix = magnitude_matrix(capture_irm_outputs(host, masked_irm, questions, profile.prompt_format).irm_outputs)
+    table = generation_table(host, {run_name(emotion, seed, variant): masked_irm}, questions, profile.prompt_format,
+                             profile.max_new_tokens, modes=("greedy",))
+    scored = score_generations(host, judge, table, profile.prompt_format)
+    unmasked = json.loads((run_dir(profile, emotion, seed) / "done.json").read_text())
+    return {"masked_index": masked_index, "new_dominant_index": dominant_index(matrix),
+            "masked_index_output": float(matrix[:, masked_index].max()), "best_val_loss_masked": summary["best_val_loss"],
+            "best_val_loss_unmasked": float(unmasked["best_val_loss"]), "p_target_masked_training": float(scored[f"p_{emotion}"].mean()),
+            "median_perplexity_masked_training": float(scored.perplexity.median())}

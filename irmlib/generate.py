@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -135,3 +136,14 @@ def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: st
         generations = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=new_tokens,
                                batch_size=batch_size, capture=True)
     return CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])
+
+
+def load_or_capture(host: Host, irm, questions: list[str], prompt_format: str, path) -> CapturedOutputs:
+    """The IRM outputs saved at `path` (notebook 04 writes them), else captured as 04 does and saved
+    there, so a notebook that reads 04's captures also runs alone."""
+    path = Path(path)
+    if path.exists():
+        return CapturedOutputs.load(path)
+    captured = capture_irm_outputs(host, irm, questions, prompt_format)
+    captured.save(path)
+    return captured

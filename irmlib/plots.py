@@ -91,24 +91,29 @@ def alignment_bars(summary) -> plt.Figure:
     return fig
 
 
-def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoom: int = 16) -> plt.Figure:
+def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoom: int = 16, shared_scale: bool = True) -> plt.Figure:
     """The paper's figure, layer (rows) x hidden index (columns), one row of panels per run: the
     whole matrix, with the dominant index marked by a triangle above its column (not drawn over
     it), and a zoom on the `zoom` columns of largest mean |value| over layers, labelled.
 
     matrices: name -> [layers, hidden]; signed: the paper's signed mean on a diverging scale
-    centred at 0, else mean |output|. Every panel shares one colour scale.
+    centred at 0, else mean |output|. shared_scale: every panel on one colour scale (runs compared
+    by size); else each row on its own (the pattern of a run whose outputs are much smaller stays
+    visible), with its own colour bar. A scale ends at the 99.9th percentile of |value|.
     """
     import numpy as np
 
     names = list(matrices)
-    scale = max(float(np.percentile(np.abs(m), 99.9)) for m in matrices.values()) or 1.0
-    style = {"cmap": "RdBu_r", "vmin": -scale, "vmax": scale} if signed else {"cmap": "magma", "vmin": 0, "vmax": scale}
+    scales = {name: float(np.percentile(np.abs(m), 99.9)) or 1.0 for name, m in matrices.items()}
+    if shared_scale:
+        scales = dict.fromkeys(names, max(scales.values()))
     label = "mean IRM output (signed)" if signed else "mean |IRM output|"
     fig, axes = plt.subplots(len(names), 2, figsize=(13, 2.6 * len(names)), squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
+    images = []
     for (ax, ax_zoom), name in zip(axes, names):
-        matrix = np.asarray(matrices[name])
-        image = ax.imshow(matrix, aspect="auto", interpolation="nearest", **style)
+        scale, matrix = scales[name], np.asarray(matrices[name])
+        style = {"cmap": "RdBu_r", "vmin": -scale, "vmax": scale} if signed else {"cmap": "magma", "vmin": 0, "vmax": scale}
+        images.append(ax.imshow(matrix, aspect="auto", interpolation="nearest", **style))
         ax.grid(False)  # the theme's grid would draw white lines across the matrix
         ax.plot([dominant[name]], [1.04], marker="v", color="#2ca02c", markersize=8, clip_on=False,
                 transform=ax.get_xaxis_transform())
@@ -120,7 +125,11 @@ def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoo
         ax_zoom.set_xticks(range(len(top)), [str(i) for i in top], rotation=90, fontsize=7)
         ax_zoom.set(title=f"top {len(top)} indices", xlabel="hidden index", ylabel="injected layer")
     fig.tight_layout()
-    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.8)
+    if shared_scale:
+        fig.colorbar(images[-1], ax=axes.ravel().tolist(), label=label, shrink=0.8)
+    else:
+        for image, row in zip(images, axes):
+            fig.colorbar(image, ax=row.tolist(), label=label, pad=0.01)
     return fig
 
 
@@ -159,4 +168,42 @@ def importance_scatter(table, x: str, y: str, label_indices: list[int], xlabel: 
                     xytext=(3, 3), textcoords="offset points")
         ax.scatter([table.loc[index, x]], [table.loc[index, y]], color="#c0392b", s=25)
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    return fig
+
+
+def logit_spread_plot(spread, marked) -> plt.Figure:
+    """Histogram of every index's logit spread, with the marked indices as dashed lines named in
+    the legend (labels on the lines would overlap where spreads are close).
+
+    spread: [hidden]; marked: rows with `index`, `role` ("random" drawn blue, others red), `logit_spread`.
+    """
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.histplot(spread, bins=60, ax=ax, color="#999999")
+    for row in marked.itertuples():
+        ax.axvline(row.logit_spread, color="#2980b9" if row.role == "random" else "#c0392b", ls="--", lw=1,
+                   label=f"{row.index} ({row.role})")
+    ax.set(xlabel="std over the vocabulary of the index's logit direction (logits per unit)", ylabel="hidden indices (count)",
+           title="How strongly each index moves the logits")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), title="index", fontsize=8)
+    return fig
+
+
+def nudge_kl_plot(kl) -> plt.Figure:
+    """Next-token KL against nudge size, one line per probed index. kl: rows with size, kl, probe."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    sns.lineplot(data=kl, x="size", y="kl", hue="probe", marker="o", ax=ax)
+    ax.set(xscale="log", yscale="log", xlabel="nudge size (x RMS of the final hidden state)", ylabel="next-token KL (nats)",
+           title="Next-token change when nudging one index")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="index nudged")
+    return fig
+
+
+def ablation_bars(ablation) -> plt.Figure:
+    """Target-emotion probability per emotion and masking condition, bars with 95% intervals.
+    ablation: rows with emotion, condition, p_target."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.barplot(data=ablation, x="emotion", y="p_target", hue="condition", errorbar=("ci", 95), ax=ax)
+    ax.set(xlabel="target emotion", ylabel="judge probability of the target (0-1)", ylim=(0, 1),
+           title="Masking the dominant index at inference (bars: 95% intervals)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="condition")
     return fig

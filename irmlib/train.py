@@ -351,13 +351,33 @@ def read_history(run_dir: str | Path):
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
-def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None) -> dict[str, IRM]:
-    """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>"."""
-    irms = {}
-    for emotion in profile.emotions:
-        for seed in seeds if seeds is not None else profile.seeds:
-            directory = runs.run_dir(profile, emotion, seed)
-            if not is_complete(directory):
-                raise FileNotFoundError(f"No finished IRM in {directory}: run notebooks/02_train_irm.ipynb with profile '{profile.name}' first.")
-            irms[runs.run_name(emotion, seed)] = load_irm(directory / "best", host, device=host.device).eval()
-    return irms
+def train_profile_runs(host: Host, profile, rows: list[dict], progress: bool = False) -> dict[str, dict]:
+    """Train (or resume, or skip if finished) every (emotion, seed) of a profile, as notebook 02 does:
+    with irmlib.mechanism.probe_tracker's striation metrics when `train.track_every` is set (notebook
+    06 reads them). Returns {run name: the run's done.json summary}."""
+    from .mechanism import probe_tracker
+
+    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
+    return {runs.run_name(emotion, seed): train_for_profile(host, profile, emotion, seed, rows, progress, tracker=tracker)
+            for emotion in profile.emotions for seed in profile.seeds}
+
+
+def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None, rows: list[dict] | None = None) -> dict[str, IRM]:
+    """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>".
+
+    Runs that notebook 02 has not finished are trained here first by `train_profile_runs` (given
+    the alignment `rows`), so a notebook that needs them also runs alone."""
+    seeds = profile.seeds if seeds is None else seeds
+    missing = [runs.run_name(e, s) for e in profile.emotions for s in profile.seeds if not is_complete(runs.run_dir(profile, e, s))]
+    if missing and rows is None:
+        raise FileNotFoundError(f"No finished IRM for {', '.join(missing)} in {runs.irm_dir(profile)}: run "
+                                f"notebooks/02_train_irm.ipynb with profile '{profile.name}' first, or pass rows= to train them here.")
+    if missing:
+        steps = profile.train.max_steps or f"up to {profile.train.epochs} epochs of"
+        print(f"Notebook 02's IRMs {', '.join(missing)} are not trained yet: training them here as 02 does "
+              f"({steps} steps each; as long as notebook 02 takes for them).")
+        started = time.perf_counter()
+        train_profile_runs(host, profile, rows)
+        print(f"Trained {len(missing)} IRM(s) in {time.perf_counter() - started:.0f} s.")
+    return {runs.run_name(emotion, seed): load_irm(runs.run_dir(profile, emotion, seed) / "best", host, device=host.device).eval()
+            for emotion in profile.emotions for seed in seeds}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from irmlib.evaluate import JudgePackageError, alignment_summary, distinct_n, encoder_dir, mean_ci, perplexity
+from irmlib.evaluate import JudgePackageError, alignment_summary, change_verdict, distinct_n, encoder_dir, mean_ci, perplexity
 from irmlib.host import HostLoadError
 
 
@@ -30,6 +30,7 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     scored = pd.DataFrame({
         "model": ["base", "base", "anger-seed0", "anger-seed0", "anger-seed1", "anger-seed1"],
         "mode": ["greedy"] * 6,
+        "question": ["q1", "q2"] * 3,
         "p_anger": [0.1, 0.2, 0.8, 0.9, 0.7, 0.6],
         "perplexity": [5.0, 7.0, 20.0, 30.0, 25.0, 25.0],
         "distinct_2": [1.0] * 6,
@@ -37,6 +38,13 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     row = alignment_summary(scored, ("anger",)).iloc[0]
     assert row.p_target_base == pytest.approx(0.15) and row.p_target_irm == pytest.approx(0.75)
     assert row.perplexity_irm == pytest.approx(25.0) and row.n_irm == 4
+    # Paired per prompt: q1 0.8 - 0.1, 0.7 - 0.1; q2 0.9 - 0.2, 0.6 - 0.2.
+    assert row.p_target_change == pytest.approx(0.6) and row.verdict == "raised"
+
+
+def test_change_verdict_needs_the_interval_to_exclude_zero():
+    assert change_verdict(0.01, 0.2) == "raised" and change_verdict(-0.3, -0.1) == "lowered"
+    assert change_verdict(-0.05, 0.04) == "did not clearly change"
 
 
 def test_a_missing_judge_package_is_its_own_error(monkeypatch):
@@ -91,3 +99,23 @@ def test_judge_separates_the_judge_set():
     probabilities = judge.probabilities(["I am so furious, they cancelled my flight again!", "The meeting is at 3 in room 2."])
     assert probabilities.idxmax(axis=1).tolist() == ["anger", "neutral"]
     assert np.allclose(probabilities.sum(axis=1), 1.0)
+
+
+@pytest.mark.slow
+def test_tone_table_pairs_each_model_with_the_base(embedded):
+    from irmlib.evaluate import tone_table
+    from irmlib.irm import IRM, IRMConfig
+
+    class LengthJudge:  # p(anger) grows with the text's length: same text, same score
+        labels = ["anger", "neutral"]
+
+        def probabilities(self, texts):
+            p = np.array([min(len(t) / 100, 1.0) for t in texts])
+            return pd.DataFrame({"anger": p, "neutral": 1 - p})
+
+    unchanged = IRM(IRMConfig.for_host(embedded, injected_layers=(0, 29)))  # zero init: the host's own text
+    table = tone_table(embedded, LengthJudge(), {"zero-init": unchanged}, "anger", ["Name a colour.", "What is 2 + 2?"], "chat", 6)
+    assert table.index.tolist() == ["base", "zero-init"]
+    assert table.loc["base", "verdict"] == "base" and table.loc["zero-init", "verdict"] == "did not clearly change"
+    assert table.loc["zero-init", "p_target_change"] == 0.0
+    assert table.loc["zero-init", "p_target"] == table.loc["base", "p_target"]
