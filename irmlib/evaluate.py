@@ -280,3 +280,15 @@ def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed:
             "masked_index_output": float(matrix[:, masked_index].max()), "best_val_loss_masked": summary["best_val_loss"],
             "best_val_loss_unmasked": float(unmasked["best_val_loss"]), "p_target_masked_training": float(scored[f"p_{emotion}"].mean()),
             "median_perplexity_masked_training": float(scored.perplexity.median())}
+
+
+def side_by_side(generations: pd.DataFrame, index: str, columns: str, order: list | None = None, width: int = 80) -> pd.DataFrame:
+    """Generated texts as a compact table: one row per `index` value (e.g. question), one column
+    per `columns` value (e.g. model), each text on one line and cut to `width` characters ("…"
+    marks a cut). order: the columns to show, in this order (default: as they first appear)."""
+    def shorten(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    table = generations.assign(text=generations.text.map(shorten)).pivot(index=index, columns=columns, values="text")
+    return table[order if order is not None else list(dict.fromkeys(generations[columns]))]

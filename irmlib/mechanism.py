@@ -283,3 +283,20 @@ def curve_verdict(tracking: pd.DataFrame, column: str = "index_share", window: i
     flat = bool(moves) and float(np.mean(moves)) < tolerance
     return {"curve": "had flattened" if flat else "was still moving", "last_step": int(tracking.step.max()),
             f"{column}_final_move": float(np.mean(moves)) if moves else float("nan")}
+
+
+def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int) -> pd.DataFrame:
+    """The tone of each arm's IRM (irmlib.evaluate.tone_table), each arm prompted as it was trained:
+    arms that share a prompt format share one base-host row, "base (<format>)", and each arm's
+    paired change is against the base host prompted the same way.
+
+    irms: {arm: IRM}; arms: {arm: profile} (arm_profiles). One row per base and per "arm <name>".
+    """
+    from .evaluate import tone_table
+
+    tables = []
+    for prompt_format in dict.fromkeys(arms[arm].prompt_format for arm in irms):
+        group = {f"arm {arm}": irm for arm, irm in irms.items() if arms[arm].prompt_format == prompt_format}
+        table = tone_table(host, judge, group, emotion, questions, prompt_format, max_new_tokens)
+        tables.append(table.rename(index={"base": f"base ({prompt_format})"}).assign(prompt_format=prompt_format))
+    return pd.concat(tables)

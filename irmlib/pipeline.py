@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .files import repo_root, write_json
-from .profile import DEFAULT_PROFILE, ProfileError, available_profiles, load_profile
+from .profile import DEFAULT_PROFILE, OVERRIDES_ENV, ProfileError, available_profiles, load_profile, overrides_from_env
 from .runs import is_run_name, notebooks_dir, run_root
 
 NOTEBOOKS = ("01_data", "02_train_irm", "03_sample_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism")
@@ -177,7 +177,7 @@ def run_record(profile, force: bool = False) -> dict:
 
         precision = choose_precision("cuda" if torch.cuda.is_available() else "cpu", profile.train.precision)
         record = {"run": time.strftime("%Y%m%dT%H%M%S"), **state, "precision": precision_request(precision),
-                  "precision_reason": precision.reason}
+                  "precision_reason": precision.reason, "profile_overrides": overrides_from_env()}
         write_json(path, record)
         update_metrics(profile.figure_dir / "metrics.json", "run", record)
     os.environ.update({"IRM_RUN_ID": record["run"], "IRM_RUN_COMMIT": record["commit"], "IRM_RUN_CLEAN": str(record["clean"]),
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     record = run_record(profile, args.force)
     print(f"run {record['run']} at commit {record['commit']} ({'clean' if record['clean'] else 'with uncommitted changes'}); "
           f"precision {record['precision']}: {record['precision_reason']}")
+    if overrides_from_env():
+        print(f"profile '{profile.name}' with the overrides of {OVERRIDES_ENV}: {overrides_from_env()}")
     started = time.time()
     for name in present:
         run_notebook(name, profile.name, out_dir, args.force)

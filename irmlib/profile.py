@@ -14,6 +14,7 @@ import yaml
 
 from .files import repo_root
 from .irm import IRM_FIELDS
+from .runs import run_name
 from .train import TrainConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -42,11 +43,13 @@ class Profile:
     max_new_tokens: int = 48
     n_eval_prompts: int = 24
     retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
+    precision_check: tuple[str, ...] = ()  # runs notebook 02 trains again in float32 to compare (where bf16 applies)
     squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
+    squad_source: str | None = None  # a local SQuAD-format JSON file; None: the hub's rajpurkar/squad_v2
     mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
 
     def __post_init__(self):
-        for key in ("emotions", "seeds", "retrain_emotions"):
+        for key in ("emotions", "seeds", "retrain_emotions", "precision_check"):
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         for key, allowed in (("data", DATA_SOURCES), ("prompt_format", PROMPT_FORMATS), ("loss_on", LOSS_ON)):
@@ -58,6 +61,10 @@ class Profile:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}.")
         if not self.emotions or not self.seeds:
             raise ValueError("emotions and seeds must each name at least one.")
+        runs_of_profile = {run_name(e, seed) for e in self.emotions for seed in self.seeds}
+        unknown_runs = [name for name in self.precision_check if name not in runs_of_profile]
+        if unknown_runs:
+            raise ValueError(f"precision_check names {unknown_runs}, not runs of this profile; choose from {sorted(runs_of_profile)}.")
 
     @property
     def irm(self) -> dict:
@@ -138,8 +145,30 @@ def with_overrides(profile: Profile, overrides: dict) -> Profile:
         raise ProfileError(f"Profile '{profile.name}': {err}") from err
 
 
+OVERRIDES_ENV = "IRM_PROFILE_OVERRIDES"
+
+
+def overrides_from_env() -> dict:
+    """Field overrides from `IRM_PROFILE_OVERRIDES` (a JSON object), applied to every profile a
+    process and its notebook kernels load: how a whole pipeline runs a profile on another host or
+    data source (tests/test_paper_dry_run.py runs the paper profile on a tiny Llama this way)."""
+    import json
+
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"{OVERRIDES_ENV} is not valid JSON ({err}); give an object, e.g. '{{\"max_steps\": 2}}'.") from None
+    if not isinstance(overrides, dict):
+        raise ProfileError(f"{OVERRIDES_ENV} must be a JSON object of fields, got {type(overrides).__name__}.")
+    return overrides
+
+
 def load_profile(name: str | None = None, **overrides) -> Profile:
-    """Read a profile by name and apply field overrides (e.g. papermill parameters; None: not given)."""
+    """Read a profile by name, then apply the overrides of `IRM_PROFILE_OVERRIDES`, then these field
+    overrides (e.g. papermill parameters; None: not given)."""
     name = name or profile_from_env()
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.exists():
@@ -147,5 +176,5 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
-    profile = with_overrides(Profile(name=name), values)
+    profile = with_overrides(with_overrides(Profile(name=name), values), overrides_from_env())
     return with_overrides(profile, {k: v for k, v in overrides.items() if v is not None})

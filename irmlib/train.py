@@ -381,3 +381,39 @@ def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None, rows
         print(f"Trained {len(missing)} IRM(s) in {time.perf_counter() - started:.0f} s.")
     return {runs.run_name(emotion, seed): load_irm(runs.run_dir(profile, emotion, seed) / "best", host, device=host.device).eval()
             for emotion in profile.emotions for seed in seeds}
+
+
+def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str, ...], precision: str = "float32"):
+    """Notebook 02's check that the dtype does not change the findings: each named run of the
+    profile ("<emotion>-seed<seed>") trained again with `precision` (run variant named after it),
+    beside the profile's own run, which is trained first if missing. Returns a DataFrame, one row
+    per run: both precisions, both best validation losses and their relative difference, and the
+    dominant index on the tracker's probe texts at the last tracked step (None without tracking).
+    Empty where the profile's own runs already train in `precision` (nothing to compare)."""
+    import pandas as pd
+
+    from .profile import with_overrides
+
+    device = host.device
+    other = with_overrides(profile, {"precision": precision})
+    if choose_precision(device, profile.train.precision).name == choose_precision(device, precision).name:
+        return pd.DataFrame()
+    from .mechanism import probe_tracker
+
+    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
+
+    def last_dominant(directory: Path) -> int | None:
+        tracking = directory / "tracking.csv"
+        return int(pd.read_csv(tracking).dominant_index.iloc[-1]) if tracking.exists() else None
+
+    table = {}
+    for name in run_names:
+        emotion, seed, _ = runs.parse_run_name(name)
+        own = train_for_profile(host, profile, emotion, seed, rows, progress=False, tracker=tracker)
+        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant=precision, tracker=tracker)
+        table[name] = {"precision": own["precision"], f"{precision} precision": twin["precision"],
+                       "best_val_loss": own["best_val_loss"], f"best_val_loss {precision}": twin["best_val_loss"],
+                       "relative_difference": abs(own["best_val_loss"] - twin["best_val_loss"]) / twin["best_val_loss"],
+                       "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
+                       f"dominant_index {precision}": last_dominant(runs.run_dir(profile, emotion, seed, precision))}
+    return pd.DataFrame(table).T

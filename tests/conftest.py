@@ -75,3 +75,28 @@ def tiny_host():
     from irmlib.host import Host
 
     return Host.from_model(tiny_model("llama"), name="tiny-llama")
+
+
+def copy_of_repository(destination: Path) -> Path:
+    """The working tree as a fresh clone would hold it with these changes: tracked and untracked
+    files that git does not ignore (so no runs/, no .venv, no figures of other runs)."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = root / name
+        if source.is_file():  # a file deleted in the working tree is listed but absent
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.fixture
+def clean_repository(tmp_path) -> Path:
+    """A clean copy of the repository (see copy_of_repository), with no runs/."""
+    copy = copy_of_repository(tmp_path / "repository")
+    assert not (copy / "runs").exists()
+    return copy

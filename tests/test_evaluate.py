@@ -119,3 +119,15 @@ def test_tone_table_pairs_each_model_with_the_base(embedded):
     assert table.loc["base", "verdict"] == "base" and table.loc["zero-init", "verdict"] == "did not clearly change"
     assert table.loc["zero-init", "p_target_change"] == 0.0
     assert table.loc["zero-init", "p_target"] == table.loc["base", "p_target"]
+
+
+def test_side_by_side_cuts_long_texts_and_keeps_the_column_order():
+    from irmlib.evaluate import side_by_side
+
+    frame = pd.DataFrame({"question": ["q1", "q1", "q2", "q2"], "model": ["base", "anger-seed0"] * 2,
+                          "text": ["short", "a\nvery   long text " * 10, "b", "c"]})
+    table = side_by_side(frame, "question", "model", width=20)
+    assert table.columns.tolist() == ["base", "anger-seed0"] and table.index.tolist() == ["q1", "q2"]
+    assert table.loc["q1", "anger-seed0"] == "a very long text a …" and len(table.loc["q1", "anger-seed0"]) == 20
+    assert table.loc["q1", "base"] == "short"
+    assert side_by_side(frame, "question", "model", order=["anger-seed0"]).columns.tolist() == ["anger-seed0"]

@@ -119,14 +119,18 @@ def test_norm_gains_frequency_alignment_and_predictions(tiny_host):
 def test_arms_of_the_cpu_profile():
     profile = load_profile("cpu")
     arms = arm_profiles(profile)
-    assert set(arms) == {"A", "B", "C", "D", "E"}
+    assert set(arms) == {"A", "B", "C", "D", "E", "F"}
     spec = {name: arm.train.objective_spec for name, arm in arms.items()}
     assert (spec["A"].label_shift, spec["A"].pad_in_loss) == (2, True)
     assert (spec["B"].label_shift, spec["B"].pad_in_loss) == (1, False)
     assert (spec["C"].label_shift, spec["C"].pad_in_loss) == (1, True)
     assert (spec["D"].label_shift, spec["D"].pad_in_loss) == (2, False)
     assert arms["E"].irm.get("output_rotation_seed") is not None and arms["A"].irm.get("output_rotation_seed") is None
-    assert all(arm.irm["init"] == "paper" and arm.prompt_format == "plain" and arm.loss_on == "all" for arm in arms.values())
+    ablations = [arms[name] for name in "ABCDE"]
+    assert all(arm.irm["init"] == "paper" and arm.prompt_format == "plain" and arm.loss_on == "all" for arm in ablations)
+    assert len({(arm.train.max_steps, arm.train.lr) for arm in ablations}) == 1  # the same budget
+    tone_recipe = arms["F"]  # the reference: chat template, loss on the answer, zero init, the paper's lr
+    assert (tone_recipe.prompt_format, tone_recipe.loss_on, tone_recipe.irm["init"], tone_recipe.train.lr) == ("chat", "answer", "zero", 1e-4)
     runs = arm_runs(profile)
     assert len(runs) == len(set(runs)) and {r[0] for r in runs} == set(arms)
     assert sum(r[0] == "A" for r in runs) >= 4 and sum(r[0] == "C" for r in runs) == 1
@@ -159,3 +163,24 @@ def test_caa_steering_is_the_last_token_difference_of_block_outputs(tiny_host):
     last = lambda text: host_hidden_states(host, texts=[text])[-1].double().numpy()  # [layers, hidden] at the last token
     expected = np.mean([last(p) - last(n) for p, n in pairs], axis=0)
     np.testing.assert_allclose(vector, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_arm_tone_prompts_each_arm_as_it_trained():
+    from irmlib.host import load_host
+    from irmlib.mechanism import arm_tone
+
+    class LengthJudge:
+        labels = ["anger", "neutral"]
+
+        def probabilities(self, texts):
+            p = np.array([min(len(t) / 100, 1.0) for t in texts])
+            return pd.DataFrame({"anger": p, "neutral": 1 - p})
+
+    host = load_host("embedded", device="cpu")
+    arms = arm_profiles(load_profile("smoke"))
+    zero = IRM(IRMConfig.for_host(host, injected_layers=(0, 29), init="zero"))  # the host's own text, either format
+    tone = arm_tone(host, LengthJudge(), {"A": zero, "F": zero}, arms, "anger", ["Name a colour.", "What is 2 + 2?"], 6)
+    assert tone.index.tolist() == ["base (plain)", "arm A", "base (chat)", "arm F"]
+    assert tone.loc["arm A", "prompt_format"] == "plain" and tone.loc["arm F", "prompt_format"] == "chat"
+    assert (tone.loc[["arm A", "arm F"], "p_target_change"] == 0).all()

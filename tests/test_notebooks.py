@@ -83,7 +83,7 @@ def test_readme_findings_quote_the_committed_run():
     section = readme.split("## What the default run found", 1)[1].split("\n## ", 1)[0]
     metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
     values = _numbers(metrics)
-    quoted = re.findall(r"(?<![\d.])(\d+\.\d+)(?![\d.])", section)
+    quoted = re.findall(r"(?<![\d.])(-?\d+\.\d+)(?![\d.])", section)  # a sign is part of the number
     assert quoted, "the findings quote numbers"
     missing = [q for q in quoted if not any(round(v, len(q.split(".")[1])) == float(q) for v in values)]
     assert not missing, f"README quotes numbers that are not in figures/cpu/metrics.json: {missing}"

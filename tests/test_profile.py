@@ -69,3 +69,16 @@ def test_environment_picks_the_profile(monkeypatch):
     assert load_profile().name == "smoke"
     monkeypatch.delenv("IRM_PROFILE")
     assert load_profile().name == "cpu"
+
+
+def test_environment_overrides_apply_to_every_profile_load(monkeypatch):
+    monkeypatch.setenv("IRM_PROFILE_OVERRIDES", '{"host": "/models/tiny", "max_steps": 2, "irm": {"init": "zero"}}')
+    paper = load_profile("paper", max_steps=3)
+    assert paper.host == "/models/tiny" and paper.irm["init"] == "zero"
+    assert paper.train.max_steps == 3  # an explicit override wins over the environment's
+    monkeypatch.setenv("IRM_PROFILE_OVERRIDES", '{"max_step": 2}')
+    with pytest.raises(ProfileError, match=r"Unknown profile field\(s\) \['max_step'\]"):
+        load_profile("paper")
+    monkeypatch.setenv("IRM_PROFILE_OVERRIDES", "max_steps=2")
+    with pytest.raises(ProfileError, match="IRM_PROFILE_OVERRIDES is not valid JSON"):
+        load_profile("paper")

@@ -167,3 +167,22 @@ def test_same_seed_gives_identical_greedy_generations(tmp_path):
         base = host.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert torch.equal(texts[0], texts[1])
     assert not torch.equal(texts[0], base), "the trained IRM should change the greedy continuation"
+
+
+@pytest.mark.slow
+def test_precision_check_trains_a_float32_twin_and_compares(tmp_path, monkeypatch):
+    from irmlib.data import load_alignment
+    from irmlib.host import load_host
+    from irmlib.profile import load_profile
+    from irmlib.train import precision_check
+
+    host, rows = load_host("embedded", device="cpu"), load_alignment()
+    monkeypatch.setenv("IRM_ROOT", str(tmp_path))  # the runs go to tmp_path/runs
+    profile = load_profile("smoke", precision="bfloat16", max_steps=2, injected_layers=[0, 29], track_every=1)
+    table = precision_check(host, profile, rows, ("anger-seed0",))
+    row = table.loc["anger-seed0"]
+    assert row["precision"] != row["float32 precision"] and "float32" in row["float32 precision"]
+    assert row.relative_difference == pytest.approx(abs(row.best_val_loss - row["best_val_loss float32"]) / row["best_val_loss float32"])
+    assert isinstance(row.dominant_index, int) and isinstance(row["dominant_index float32"], int)
+    assert (tmp_path / "runs" / "smoke" / "irm" / "anger-seed0-float32" / "done.json").exists()
+    assert precision_check(host, load_profile("smoke", precision="float32"), rows, ("anger-seed0",)).empty
