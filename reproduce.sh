@@ -6,6 +6,7 @@
 #   ./reproduce.sh bench [--device cuda]                          run the benchmarks, write benchmarks/results.json
 #   ./reproduce.sh lab [jupyter lab args]                         JupyterLab at notebooks/ (installed on first use)
 #   ./reproduce.sh plan [--profile P] [--gpus N]                  memory and time plan of a profile's training
+#   ./reproduce.sh train [--profile P] [--gpus N]                 train a profile's IRMs (DDP on N GPUs); the notebooks load them
 # It creates .venv (or $IRM_VENV) and installs everything on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -94,6 +95,10 @@ case "${1:-}" in
     plan)
         shift
         exec "$PY" -m irmlib.plan "$@"
+        ;;
+    train)
+        shift
+        exec "$PY" -m irmlib.train "$@"
         ;;
     *)
         exec "$PY" -m irmlib.pipeline "$@"

@@ -39,7 +39,7 @@ RESULTS = Path(__file__).parent / "results.json"
 QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?", "How do bees make honey?",
              "What is the boiling point of water?", "Name the largest planet.", "When did the Berlin Wall fall?",
              "What does DNA stand for?"]
-# Targets (issue 13): ratios to each benchmark's own floor, measured in one run.
+# Targets: ratios to each benchmark's own floor, measured in one run.
 TARGETS = {"train_to_floor": 1.05, "generation_to_floor": 1.05, "capture": 1.15, "bf16_vs_fp32_train": 0.6,
            "load_warm_s": 3.0, "peak_rss_mb": 6144}
 END_TO_END_TARGET_S = {"cpu": (5400, 7200), "smoke": (600, 600)}  # (where bf16 applies, otherwise)

@@ -110,8 +110,9 @@ class Injection:
         if not self.active:
             return None
         attn_out = output[0] if isinstance(output, tuple) else output
+        # Kept, not cleared: under activation checkpointing the backward pass replays this hook
+        # (it sits inside the layer's forward) but not the layer's pre-hook that set it.
         residual = self._input_residual + attn_out
-        self._input_residual = None
         param = next(self.irm.parameters())
         vectors = self.irm(residual.to(param.dtype))
         if self.scale != 1.0:
@@ -175,7 +176,7 @@ class Injection:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._vectors, self._per_layer = None, ()
+        self._vectors, self._per_layer, self._input_residual = None, (), None
 
 
 @contextmanager

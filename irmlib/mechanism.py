@@ -1,7 +1,7 @@
 """What makes one index dominate (notebook 06): striation metrics tracked during training, the
 indices that each hypothesis predicts before any training, and what the host does with an index.
 
-Hypotheses (issue text in README): (a) the optimizer: a gradient of the same sign at most
+Hypotheses (README, "What makes it dominate"): (a) the optimizer: a gradient of the same sign at most
 positions, which Adam's per-coordinate normalisation turns into one large coordinate; (b) the
 norms: an index whose RMSNorm gains are near zero, so writing there mostly changes the norm's
 denominator; (c) the LM head: the index along which the unembedding follows token frequency.

@@ -124,7 +124,7 @@ GPUS = (
 
 @dataclass(frozen=True)
 class Options:
-    """Training options that change memory or time (issue 11's ways to fit smaller GPUs)."""
+    """Training options that change memory or time: the ways to fit a smaller GPU (TrainConfig fields)."""
 
     mixed_precision: bool = False  # the IRM's products in bf16 under autocast, fp32 master weights (Accelerate)
     checkpointing: bool = False  # activation checkpointing of the host's decoder layers
@@ -296,7 +296,7 @@ def report(profile: Profile, gpus: int = 1) -> str:
     train_rows, val_rows, source = rows_per_emotion(profile)
     runs = len(profile.emotions) * len(profile.seeds)
     runs_x_epochs = runs * epochs_run(profile, train_rows, gpus)
-    plain = Options()
+    plain = Options(checkpointing=profile.train.activation_checkpointing)
     parts = memory(profile, host, gpus, plain)
     lines = [
         f"Plan for profile '{profile.name}' (estimates; GB = 1e9 bytes)",
@@ -317,7 +317,8 @@ def report(profile: Profile, gpus: int = 1) -> str:
               *gpu_table(parts, epoch_flops(profile, host, train_rows, val_rows, plain), runs_x_epochs, gpus, plain)]
     if all(fits(parts.total, gpu) for gpu in GPUS):
         return "\n".join(lines)
-    lines += ["", "Options for smaller GPUs (estimates)"]
+    lines += ["", "Options for smaller GPUs (estimates; activation checkpointing: `activation_checkpointing: true` in the",
+              "profile's train section)"]
     for options in (Options(mixed_precision=True), Options(checkpointing=True), Options(mixed_precision=True, checkpointing=True)):
         option_parts = memory(profile, host, gpus, options)
         lines += ["", f"  {options.label}: {option_parts.total / GB:.2f} GB per GPU (activations {option_parts.activations / GB:.2f})",

@@ -17,10 +17,10 @@ import json
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 42
     max_steps: int | None = None  # stop after this many optimizer steps in total
     checkpoint_every: int = 25  # steps between resumable checkpoints
+    activation_checkpointing: bool = False  # recompute the host's layers in the backward pass (less memory, ~1/3 more host compute)
     masked_indices: tuple[int, ...] = ()  # hidden indices of the IRM output zeroed during training
     irm: dict = field(default_factory=dict)  # IRMConfig fields but the host's shape (injected_layers, site, init, ...)
 
@@ -92,6 +93,35 @@ class TrainConfig:
     def objective_spec(self) -> Objective:
         """The resolved objective: label shift, padding in the loss, L1 mode."""
         return resolve_objective(self.objective, self.label_shift, self.pad_in_loss)
+
+
+@contextmanager
+def host_checkpointing(host: Host, enabled: bool) -> Iterator[None]:
+    """Activation checkpointing of the host's decoder layers for the duration of the block
+    (transformers' gradient checkpointing, non-reentrant): each layer's activations are recomputed
+    in the backward pass instead of kept, for about a third more host compute (irmlib.plan counts
+    both). transformers checkpoints a layer only in training mode, so the layers are in training
+    mode meanwhile; a host with dropout is refused, since training mode would switch it on."""
+    if not enabled:
+        yield
+        return
+    config = host.model.config
+    dropout = [name for name in DROPOUT_FIELDS if (getattr(config, name, 0) or 0) > 0]
+    dropout += [name for name, module in host.layers.named_modules() if isinstance(module, torch.nn.Dropout) and module.p > 0]
+    if dropout:
+        raise ValueError(f"activation_checkpointing needs a host without dropout, and '{host.name}' has {dropout[:3]}: "
+                         "checkpointed layers run in training mode. Set activation_checkpointing: false for this host.")
+    host.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    host.layers.train()
+    try:
+        yield
+    finally:
+        host.layers.eval()
+        host.model.activation_checkpointing_disable()
+
+
+# Config fields under which transformers' model families keep their dropout rates.
+DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -248,51 +278,52 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
         track()
     irm.train()
     try:
-        while state["epoch"] < config.epochs and state["stopped"] is None:
-            epoch = state["epoch"]
-            loader = accelerator.prepare(_loader(train_set, _epoch_order(len(train_set), config.seed, epoch), config.batch_size, collate))
-            loader = accelerator.skip_first_batches(loader, state["step_in_epoch"])
-            bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not (progress and main), leave=False)
-            for batch in bar:
-                started = time.perf_counter()
-                with autocast(precision):  # the backward runs outside, as torch advises
-                    loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
-                    penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, objective.l1_mode) if l1_alpha
-                               else torch.zeros((), device=loss.device))
-                total = loss + penalty
-                if not torch.isfinite(total):
-                    raise TrainingDiverged(
-                        f"Loss became {total.item()} at step {state['global_step'] + 1} (epoch {epoch + 1}); training "
-                        f"stopped and the last good checkpoint in {run_dir / 'last'} is kept. Lower the learning rate "
-                        f"or switch on the L1 penalty, then rerun to resume from that checkpoint."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(total)
-                optimizer.step()
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                history.append({"step": state["global_step"], "epoch": epoch + 1, "train_loss": total.item(), "lm_loss": loss.item(),
-                                "l1": penalty.item(), "lr": optimizer.param_groups[0]["lr"],
-                                "seconds": round(time.perf_counter() - started, 4), "val_loss": ""})
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if tracker is not None and config.track_every and state["global_step"] % config.track_every == 0:
-                    track()
-                at_max = config.max_steps is not None and state["global_step"] >= config.max_steps
-                if state["step_in_epoch"] in check_steps or at_max:
-                    validate()
-                if at_max and state["stopped"] is None:
-                    state["stopped"] = "max_steps"
-                if state["stopped"] is not None:
-                    break
-                if state["global_step"] % config.checkpoint_every == 0:
-                    checkpoint()
-            bar.close()
-            if state["step_in_epoch"] >= steps_per_epoch:
-                scheduler.step()
-                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-            checkpoint()
-            accelerator.wait_for_everyone()
+        with host_checkpointing(host, config.activation_checkpointing):
+            while state["epoch"] < config.epochs and state["stopped"] is None:
+                epoch = state["epoch"]
+                loader = accelerator.prepare(_loader(train_set, _epoch_order(len(train_set), config.seed, epoch), config.batch_size, collate))
+                loader = accelerator.skip_first_batches(loader, state["step_in_epoch"])
+                bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+                           disable=not (progress and main), leave=False)
+                for batch in bar:
+                    started = time.perf_counter()
+                    with autocast(precision):  # the backward runs outside, as torch advises
+                        loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
+                        penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, objective.l1_mode) if l1_alpha
+                                   else torch.zeros((), device=loss.device))
+                    total = loss + penalty
+                    if not torch.isfinite(total):
+                        raise TrainingDiverged(
+                            f"Loss became {total.item()} at step {state['global_step'] + 1} (epoch {epoch + 1}); training "
+                            f"stopped and the last good checkpoint in {run_dir / 'last'} is kept. Lower the learning rate "
+                            f"or switch on the L1 penalty, then rerun to resume from that checkpoint."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(total)
+                    optimizer.step()
+                    state["step_in_epoch"] += 1
+                    state["global_step"] += 1
+                    history.append({"step": state["global_step"], "epoch": epoch + 1, "train_loss": total.item(), "lm_loss": loss.item(),
+                                    "l1": penalty.item(), "lr": optimizer.param_groups[0]["lr"],
+                                    "seconds": round(time.perf_counter() - started, 4), "val_loss": ""})
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    if tracker is not None and config.track_every and state["global_step"] % config.track_every == 0:
+                        track()
+                    at_max = config.max_steps is not None and state["global_step"] >= config.max_steps
+                    if state["step_in_epoch"] in check_steps or at_max:
+                        validate()
+                    if at_max and state["stopped"] is None:
+                        state["stopped"] = "max_steps"
+                    if state["stopped"] is not None:
+                        break
+                    if state["global_step"] % config.checkpoint_every == 0:
+                        checkpoint()
+                bar.close()
+                if state["step_in_epoch"] >= steps_per_epoch:
+                    scheduler.step()
+                    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+                checkpoint()
+                accelerator.wait_for_everyone()
     finally:
         injection.remove()
     summary = {"precision": precision.name, "steps": state["global_step"], "epochs": state["epoch"], "initial_val_loss": state["initial_val"], "best_val_loss": state["best_val"],
@@ -417,3 +448,48 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
                        "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
                        f"dominant_index {precision}": last_dominant(runs.run_dir(profile, emotion, seed, precision))}
     return pd.DataFrame(table).T
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`./reproduce.sh train [--profile P] [--gpus N]`: train every (emotion, seed) of a profile
+    outside the notebooks, which then load the finished runs. With N > 1 it starts itself again
+    under `accelerate launch` (DDP on N GPUs, as the paper trained: batch per GPU)."""
+    import argparse
+    import os
+    import sys
+
+    from accelerate import PartialState
+
+    from .data import DataError, profile_rows
+    from .host import load_host
+    from .profile import ProfileError, available_profiles, load_profile, profile_from_env
+
+    parser = argparse.ArgumentParser(prog="./reproduce.sh train", description="Train every IRM run of a profile.")
+    parser.add_argument("--profile", default=profile_from_env(), help=f"one of {', '.join(available_profiles())}")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for DDP under accelerate launch (default 1)")
+    args = parser.parse_args(argv)
+    if args.gpus < 1:
+        parser.error("--gpus must be at least 1")
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as err:
+        parser.error(str(err))
+    if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
+        # `accelerate launch` from this environment's Python, whatever is on PATH.
+        os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.gpus),
+                                  "-m", "irmlib.train", "--profile", profile.name])
+    state = PartialState()
+    try:
+        rows = profile_rows(profile)
+    except DataError as err:
+        parser.error(str(err))
+    host = load_host(profile.host, device=state.device)
+    summaries = train_profile_runs(host, profile, rows, progress=state.is_main_process)
+    if state.is_main_process:
+        for name, summary in summaries.items():
+            print(f"{name}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f} "
+                  f"({summary['steps']} steps, {summary['precision']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import torch
 
 from irmlib.irm import IRM, IRMConfig
 from irmlib.plan import (GB, GPUS, KNOWN_HOSTS, USABLE_SHARE, GPU, HostShape, Options, activation_bytes_per_token, epoch_flops, fits,
-                         host_shape, hours, irm_parameters, main, memory, rows_per_emotion)
+                         host_shape, hours, irm_parameters, main, memory, report, rows_per_emotion)
 from irmlib.profile import load_profile
 
 PAPER_HOST = KNOWN_HOSTS["meta-llama/Llama-2-7b-chat-hf"]
@@ -162,3 +162,11 @@ def test_host_activation_estimate_is_within_15_percent_of_what_pytorch_saves():
     estimate = activation_bytes_per_token(replace(EMBEDDED, n_layers=2), profile, Options()) \
         - activation_bytes_per_token(replace(EMBEDDED, n_layers=1), profile, Options())
     assert one_layer == pytest.approx(estimate, rel=0.15)
+
+
+def test_a_profile_that_checkpoints_is_planned_with_checkpointing():
+    def activations_gb(text: str) -> float:
+        return float(next(line for line in text.splitlines() if line.strip().startswith("activations")).split()[-1])
+
+    plain, checkpointed = report(load_profile("paper")), report(load_profile("paper", activation_checkpointing=True))
+    assert activations_gb(checkpointed) < activations_gb(plain) / 2  # the LM head's logits and the IRM stay

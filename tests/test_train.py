@@ -186,3 +186,71 @@ def test_precision_check_trains_a_float32_twin_and_compares(tmp_path, monkeypatc
     assert isinstance(row.dominant_index, int) and isinstance(row["dominant_index float32"], int)
     assert (tmp_path / "runs" / "smoke" / "irm" / "anger-seed0-float32" / "done.json").exists()
     assert precision_check(host, load_profile("smoke", precision="float32"), rows, ("anger-seed0",)).empty
+
+
+def test_activation_checkpointing_recomputes_the_layers_with_the_same_gradients(tiny_host):
+    from irmlib.host import Host
+    from irmlib.inject import Injection
+    from irmlib.objective import lm_loss
+    from irmlib.train import host_checkpointing
+
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    irm = IRM(IRMConfig.for_host(tiny_host, init="paper"))
+    input_ids = torch.randint(3, 97, (2, 12))
+    mask = torch.ones_like(input_ids)
+    calls = {"n": 0}
+    tiny_host.attention(2).register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+
+    def gradients(checkpointing: bool) -> list[torch.Tensor]:
+        irm.zero_grad(set_to_none=True)
+        injection = Injection(tiny_host, irm)
+        try:
+            with host_checkpointing(tiny_host, checkpointing):
+                lm_loss(tiny_host, input_ids, mask, input_ids).backward()
+        finally:
+            injection.remove()
+        return [p.grad.clone() for p in irm.parameters()]
+
+    plain = gradients(False)
+    assert calls["n"] == 1
+    checkpointed = gradients(True)
+    assert calls["n"] == 3  # forward, then the backward's replay of the layer
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b)
+    assert not any(layer.training for layer in tiny_host.layers)  # back in eval mode afterwards
+
+    with_dropout = Host.from_model(tiny_model("llama", attention_dropout=0.1), name="tiny-llama-dropout")
+    with pytest.raises(ValueError, match="needs a host without dropout.*attention_dropout"):
+        with host_checkpointing(with_dropout, True):
+            pass
+
+
+@pytest.mark.slow
+def test_train_command_trains_every_run_of_a_profile(tmp_path, monkeypatch, capsys):
+    from irmlib.train import main
+
+    monkeypatch.setenv("IRM_ROOT", str(tmp_path))
+    (tmp_path / "data").symlink_to(Path(__file__).parent.parent / "data")
+    main(["--profile", "smoke"])
+    printed = capsys.readouterr().out
+    assert "anger-seed0: validation loss" in printed and "sadness-seed0: validation loss" in printed
+    assert all((tmp_path / "runs" / "smoke" / "irm" / name / "done.json").exists() for name in ("anger-seed0", "sadness-seed0"))
+
+
+def test_train_command_starts_accelerate_launch_for_several_gpus(monkeypatch):
+    from irmlib import train
+
+    started = {}
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+    def execv(path, argv):
+        started["argv"] = argv
+        raise SystemExit(0)
+
+    monkeypatch.setattr("os.execv", execv)
+    with pytest.raises(SystemExit):
+        train.main(["--profile", "paper", "--gpus", "2"])
+    assert started["argv"] == [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                               "-m", "irmlib.train", "--profile", "paper"]
