@@ -39,11 +39,10 @@ timed.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
-from .profile import Profile, ProfileError, available_profiles, load_profile, profile_from_env
+from .profile import Profile, profile_and_gpus
 
 GB = 1e9
 UTILISATION = 0.4  # share of the dense peak reached by these products (a stated assumption, not measured)
@@ -331,17 +330,9 @@ def report(profile: Profile, gpus: int = 1) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="./reproduce.sh plan", description="Memory and time plan of a profile's IRM training on GPUs.")
-    parser.add_argument("--profile", default=profile_from_env(), help=f"one of {', '.join(available_profiles())}")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs under DDP (accelerate launch); the batch is per GPU")
-    args = parser.parse_args(argv)
-    if args.gpus < 1:
-        parser.error("--gpus must be at least 1")
-    try:
-        profile = load_profile(args.profile)
-    except ProfileError as err:
-        parser.error(str(err))
-    print(report(profile, args.gpus))
+    profile, gpus = profile_and_gpus("./reproduce.sh plan", "Memory and time plan of a profile's IRM training on GPUs.", argv,
+                                     "GPUs under DDP (accelerate launch); the batch is per GPU")
+    print(report(profile, gpus))
 
 
 if __name__ == "__main__":

@@ -178,3 +178,20 @@ def load_profile(name: str | None = None, **overrides) -> Profile:
         raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
     profile = with_overrides(with_overrides(Profile(name=name), values), overrides_from_env())
     return with_overrides(profile, {k: v for k, v in overrides.items() if v is not None})
+
+
+def profile_and_gpus(prog: str, description: str, argv: list[str] | None = None, gpus_help: str = "GPUs under DDP") -> tuple[Profile, int]:
+    """The `--profile P --gpus N` command line of `./reproduce.sh plan` and `./reproduce.sh train`:
+    the loaded profile and N, with a usage error naming the problem for a bad profile or N < 1."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--profile", default=profile_from_env(), help=f"one of {', '.join(available_profiles())}")
+    parser.add_argument("--gpus", type=int, default=1, help=gpus_help)
+    args = parser.parse_args(argv)
+    if args.gpus < 1:
+        parser.error("--gpus must be at least 1")
+    try:
+        return load_profile(args.profile), args.gpus
+    except ProfileError as err:
+        parser.error(str(err))

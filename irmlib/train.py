@@ -454,7 +454,6 @@ def main(argv: list[str] | None = None) -> None:
     """`./reproduce.sh train [--profile P] [--gpus N]`: train every (emotion, seed) of a profile
     outside the notebooks, which then load the finished runs. With N > 1 it starts itself again
     under `accelerate launch` (DDP on N GPUs, as the paper trained: batch per GPU)."""
-    import argparse
     import os
     import sys
 
@@ -462,27 +461,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from .data import DataError, profile_rows
     from .host import load_host
-    from .profile import ProfileError, available_profiles, load_profile, profile_from_env
+    from .profile import profile_and_gpus
 
-    parser = argparse.ArgumentParser(prog="./reproduce.sh train", description="Train every IRM run of a profile.")
-    parser.add_argument("--profile", default=profile_from_env(), help=f"one of {', '.join(available_profiles())}")
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs for DDP under accelerate launch (default 1)")
-    args = parser.parse_args(argv)
-    if args.gpus < 1:
-        parser.error("--gpus must be at least 1")
-    try:
-        profile = load_profile(args.profile)
-    except ProfileError as err:
-        parser.error(str(err))
-    if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
+    profile, gpus = profile_and_gpus("./reproduce.sh train", "Train every IRM run of a profile.", argv,
+                                     "GPUs for DDP under accelerate launch (default 1)")
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:
         # `accelerate launch` from this environment's Python, whatever is on PATH.
-        os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.gpus),
+        os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
                                   "-m", "irmlib.train", "--profile", profile.name])
     state = PartialState()
     try:
         rows = profile_rows(profile)
     except DataError as err:
-        parser.error(str(err))
+        raise SystemExit(f"./reproduce.sh train: {err}") from None
     host = load_host(profile.host, device=state.device)
     summaries = train_profile_runs(host, profile, rows, progress=state.is_main_process)
     if state.is_main_process:
