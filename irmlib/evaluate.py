@@ -171,6 +171,13 @@ def change_verdict(low: float, high: float) -> str:
     return "raised" if low > 0 else "lowered" if high < 0 else "did not clearly change"
 
 
+def paired_change(rows: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[float, float, float]:
+    """Mean and 95% interval (mean_ci) of `column` in `rows` minus the base host's on the same
+    question (the base's mean where it has several rows for one question)."""
+    base_by_question = base.groupby("question")[column].mean()
+    return mean_ci(rows[column].to_numpy() - base_by_question.reindex(rows.question).to_numpy())
+
+
 def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.DataFrame:
     """Per target emotion and mode: the target-emotion probability, perplexity and distinct-2 of
     base vs IRM generations, each as mean and 95% interval over prompts (and seeds, for the IRM),
@@ -190,8 +197,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
                 for column, label in ((f"p_{emotion}", "p_target"), ("perplexity", "perplexity"), ("distinct_2", "distinct_2")):
                     mean, low, high = mean_ci(frame[column])
                     record |= {f"{label}_{who}": mean, f"{label}_{who}_low": low, f"{label}_{who}_high": high}
-            base_by_question = base.groupby("question")[f"p_{emotion}"].mean()
-            change = mean_ci(irm[f"p_{emotion}"].to_numpy() - base_by_question.reindex(irm.question).to_numpy())
+            change = paired_change(irm, base, f"p_{emotion}")
             record |= {"p_target_change": change[0], "p_target_change_low": change[1], "p_target_change_high": change[2],
                        "verdict": change_verdict(change[1], change[2]), "n_irm": len(irm)}
             records.append(record)
@@ -205,11 +211,11 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
     the base on the same prompts and its verdict, median perplexity and mean distinct-2."""
     table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
     scored = score_generations(host, judge, table, prompt_format)
-    base = scored[scored.model == "base"].set_index("question")[f"p_{emotion}"]
+    base = scored[scored.model == "base"]
     rows = {}
     for model, group in scored.groupby("model", sort=False):
         mean, low, high = mean_ci(group[f"p_{emotion}"])
-        change = mean_ci(group[f"p_{emotion}"].to_numpy() - base.reindex(group.question).to_numpy())
+        change = paired_change(group, base, f"p_{emotion}")
         rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
                        "verdict": "base" if model == "base" else change_verdict(change[1], change[2]),
                        "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean())}

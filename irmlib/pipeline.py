@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     record = run_record(profile, args.force)
     print(f"run {record['run']} at commit {record['commit']} ({'clean' if record['clean'] else 'with uncommitted changes'}); "
           f"precision {record['precision']}: {record['precision_reason']}")
-    if overrides_from_env():
-        print(f"profile '{profile.name}' with the overrides of {OVERRIDES_ENV}: {overrides_from_env()}")
+    overrides = overrides_from_env()
+    if overrides:
+        print(f"profile '{profile.name}' with the overrides of {OVERRIDES_ENV}: {overrides}")
     started = time.time()
     for name in present:
         run_notebook(name, profile.name, out_dir, args.force)

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .files import repo_root
-from .irm import IRM_FIELDS
+from .irm import IRM_FIELDS, IRMConfig
 from .runs import run_name
 from .train import TrainConfig
 
@@ -81,8 +81,6 @@ class Profile:
 
     def knobs(self) -> dict:
         """Every knob by its name, the IRM's defaults filled in: {"lr": 1e-4, "init": "zero", ...}."""
-        from .irm import IRMConfig
-
         irm_defaults = {f.name: f.default for f in fields(IRMConfig) if f.name in IRM_FIELDS}
         top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
         train = {f.name: getattr(self.train, f.name) for f in fields(self.train) if f.name != "irm"}

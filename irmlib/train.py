@@ -95,6 +95,10 @@ class TrainConfig:
         return resolve_objective(self.objective, self.label_shift, self.pad_in_loss)
 
 
+# Config fields under which transformers' model families keep their dropout rates.
+DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
+
+
 @contextmanager
 def host_checkpointing(host: Host, enabled: bool) -> Iterator[None]:
     """Activation checkpointing of the host's decoder layers for the duration of the block
@@ -119,9 +123,6 @@ def host_checkpointing(host: Host, enabled: bool) -> Iterator[None]:
         host.layers.eval()
         host.model.activation_checkpointing_disable()
 
-
-# Config fields under which transformers' model families keep their dropout rates.
-DROPOUT_FIELDS = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
