@@ -26,7 +26,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from irmlib.files import write_json, write_text
+from irmlib.files import repo_root, write_json, write_text
 from irmlib.generate import CapturedOutputs, generate
 from irmlib.host import Host, load_host
 from irmlib.inject import inject
@@ -317,6 +317,19 @@ def end_to_end_from_log(text: str, profile: str, bf16: bool) -> dict:
     return row
 
 
+def precision_check_from_metrics(profile: str = "cpu") -> dict | None:
+    """Notebook 02's check that bf16 does not change the findings (the same runs trained again in
+    float32), as the profile's committed metrics.json holds it, with the run it comes from; None
+    where that run has no such check."""
+    path = repo_root() / "figures" / profile / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    if "02_precision_check" not in metrics:
+        return None
+    run = metrics.get("run", {})
+    return {"runs": metrics["02_precision_check"],
+            "source": f"figures/{profile}/metrics.json of run {run.get('run')} at commit {run.get('commit')}"}
+
+
 def machine_info(device: torch.device) -> dict:
     """What the results are keyed by: the CPU (model name, bf16-relevant flags) or the GPU, cores,
     threads, torch."""
@@ -408,6 +421,12 @@ def markdown_table(key: str, section: dict) -> str:
             rows.append((f"7. peak memory per notebook, {profile} profile", f"{row['max_peak_rss_mb'] / 1024:.2f} GB",
                          f"<= {row['target_peak_rss_mb'] / 1024:.0f} GB",
                          ", ".join(f"{k[:2]}: {v / 1024:.2f}" for k, v in row["peak_rss_mb"].items())))
+    check = section.get("precision_check")
+    for run, c in (check or {}).get("runs", {}).items():
+        same = c["dominant_index"] == c["dominant_index float32"]
+        rows.append((f"8. bf16 vs float32 training, cpu profile, {run}", f"{c['relative_difference']:.4f}", "same findings",
+                     f"best validation loss {c['best_val_loss']:.3f} (bf16) vs {c['best_val_loss float32']:.3f} (float32); dominant index "
+                     f"{c['dominant_index']} vs {c['dominant_index float32']} ({'same' if same else 'differs'}); {check['source']}"))
     machine = section["machine"]
     lines = [f"Machine: {machine['device']}, {machine['cpu_model']} ({' '.join(machine['cpu_native_bf16_flags']) or 'no native bf16 flag'}), "
              f"torch {machine['torch']}", f"Results key: `{key}`", "",
@@ -478,6 +497,10 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{k} {v:.0f} s" for k, v in row["notebooks_s"].items()))
         if row["peak_rss_mb"]:
             print(f"7. {profile}: kernel peak RSS per notebook (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_rss_mb"].items()))
+    section["precision_check"] = precision_check_from_metrics("cpu")
+    for run, check in (section["precision_check"] or {}).get("runs", {}).items():
+        print(f"8. [{run}] float32 twin: best validation loss {check['best_val_loss']:.3f} vs {check['best_val_loss float32']:.3f} "
+              f"(relative {check['relative_difference']:.4f}), dominant index {check['dominant_index']} vs {check['dominant_index float32']}")
     if args.trace:
         for path in trace(setups, RESULTS.parent):
             print(f"profile: {path}")

@@ -1,13 +1,16 @@
 """Statistics of the data sets that notebook 01 and data/README.md (the datasheet) show.
 
-Counts by split, openings (how varied the rewrites begin), distinctive words per tone, and how
-well a bag-of-words classifier tells the tones apart.
+Counts by split, openings (how varied the rewrites begin), distinctive words per tone, how well a
+bag-of-words classifier tells the tones apart, and length-matched subsets (to see whether a
+classifier reads length rather than tone).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+
+import numpy as np
 
 from .data import EMOTIONS, SPLITS
 
@@ -68,3 +71,31 @@ def count_table(rows: list[dict], label: str) -> str:
         cells = [counts[(value, split)] for split in SPLITS]
         lines.append(f"| {value} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
     return "\n".join(lines)
+
+
+def length_matched(labels: list[str], words: list[int], seed: int = 0) -> np.ndarray:
+    """Indices of a subset in which every label has the same number of texts at every word count:
+    at each count, as many texts of each label as the rarest label has there, drawn at random
+    (`seed`). Word count then says nothing about the label. Returns sorted indices [n_matched]."""
+    rng = np.random.default_rng(seed)
+    labels, words = np.asarray(labels), np.asarray(words)
+    chosen = []
+    for count in np.unique(words):
+        at_count = {label: np.flatnonzero((words == count) & (labels == label)) for label in np.unique(labels)}
+        n = min(len(indices) for indices in at_count.values())
+        chosen += [rng.choice(indices, n, replace=False) for indices in at_count.values() if n]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+
+def length_only_accuracy(labels: list[str], words: list[int], folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a classifier that sees only the word count (a decision tree,
+    so any pattern of lengths per label counts, not just "shorter" vs "longer"); NaN where a label
+    has fewer texts than `folds`."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    if min(Counter(labels).values(), default=0) < folds:
+        return float("nan")
+    features = np.asarray(words, dtype=float).reshape(-1, 1)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(DecisionTreeClassifier(min_samples_leaf=5, random_state=seed), features, labels, cv=cv).mean())

@@ -90,6 +90,37 @@ def train_judge(rows: list[dict], folds: int = 5, seed: int = 0, encoder: Senten
     return EmotionJudge(encoder, classifier.fit(features, labels), float(accuracy))
 
 
+def judge_length_check(judge: EmotionJudge, texts: list[str], labels: list[str], seed: int = 0) -> dict:
+    """Whether the judge reads length rather than tone, on texts it was not trained on.
+
+    The judge's accuracy (argmax label) on every text whose label it knows, and on a length-matched
+    subset (irmlib.datasheet.length_matched: each label equally often at every word count), each
+    with a 95% interval; beside them, a classifier that sees only the word count, on both sets (on
+    the matched subset it is at chance by construction, which shows the matching worked).
+    `leans_on_length` is True where the matched accuracy's interval lies wholly below the
+    accuracy on every text.
+    """
+    from .datasheet import length_matched, length_only_accuracy
+
+    known = [i for i, label in enumerate(labels) if label in judge.labels]
+    texts, labels = [texts[i] for i in known], [labels[i] for i in known]
+    words = [len(text.split()) for text in texts]
+    predicted = judge.probabilities(texts).idxmax(axis=1).to_numpy()
+    correct = (predicted == np.asarray(labels)).astype(float)
+    matched = length_matched(labels, words, seed)
+    accuracy, low, high = mean_ci(correct)
+    matched_accuracy, matched_low, matched_high = mean_ci(correct[matched])
+    return {
+        "texts": len(texts), "labels": sorted(set(labels)), "chance": 1 / len(set(labels)),
+        "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high,
+        "matched_texts": int(len(matched)),
+        "matched_accuracy": matched_accuracy, "matched_accuracy_low": matched_low, "matched_accuracy_high": matched_high,
+        "length_only_accuracy": length_only_accuracy(labels, words, seed=seed),
+        "matched_length_only_accuracy": length_only_accuracy([labels[i] for i in matched], [words[i] for i in matched], seed=seed),
+        "leans_on_length": bool(matched_high < accuracy),
+    }
+
+
 @torch.inference_mode()
 def perplexity(host: Host, questions: list[str], completions: list[str], prompt_format: str = "plain", batch_size: int = 8) -> np.ndarray:
     """Perplexity of each completion given its question under `host` as it is now (switch any

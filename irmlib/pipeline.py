@@ -142,7 +142,8 @@ def publish(profile_name: str) -> list[Path]:
 
 
 def summary_lines(metrics: dict) -> str:
-    """A few headline numbers from metrics.json, for the end of a run."""
+    """A few headline numbers from metrics.json, for the end of a run (only keys that
+    irmlib.files.METRICS_SCHEMA requires, so every run has them)."""
     lines = []
     for run, summary in metrics.get("02_train", {}).items():
         lines.append(f"  {run}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f}")

@@ -21,6 +21,13 @@ loss (`lm_loss` casts the logits to float32, and autocast keeps cross-entropy in
         loss = lm_loss(...)                              # forward under autocast
     loss.backward()                                      # backward outside the block, as torch advises
 
+Attention under autocast runs in float32 (`FLOAT32_ATTENTION`, set on every host by
+`Host.from_model`): autocast would run the attention in bf16, and torch's CPU
+flash-attention backward is slow in bf16 (on a 2-core Intel Xeon with AMX, 794 ms against 172 ms in
+float32 for the embedded host's 29 attention layers at 8 x 128 tokens); the float32 attention is
+also the more exact one. Outside autocast (generation, float32 runs, bf16 host weights) it is
+transformers' SDPA attention unchanged.
+
 Generation never runs under autocast (irmlib.generate does not enter it; the host's dtype
 decides): one token per step is bound by reading the weights, and autocast would re-cast the
 frozen host's fp32 weights to bf16 at every step. On a 2-core Intel Xeon with AMX, generation
@@ -289,3 +296,35 @@ def autocast(precision: Precision, device_type: str | None = None) -> AbstractCo
     if precision.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(device_type or precision.device_type, dtype=precision.autocast_dtype)
+
+
+# The name under which `sdpa_float32_under_autocast` is registered with transformers.
+FLOAT32_ATTENTION = "sdpa_float32_under_autocast"
+
+
+def sdpa_float32_under_autocast(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention on `query`, `key`, `value` [batch, heads, tokens, head_dim],
+    computed in float32 under autocast (which would otherwise cast all three to its dtype: the
+    rotary embedding leaves queries and keys float32, values come bf16 from their projection); the
+    output [batch, tokens, heads, head_dim] is returned in autocast's dtype, as autocast's SDPA
+    would return it. Outside autocast, transformers' SDPA attention unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast(device_type, enabled=False):
+        output, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return output.to(torch.get_autocast_dtype(device_type)), weights
+
+
+def attention_in_float32_under_autocast(model) -> None:
+    """Switch a transformers model that uses SDPA attention to `FLOAT32_ATTENTION` (no change
+    outside autocast); models with another attention implementation are left as they are."""
+    from transformers import AttentionInterface
+
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        AttentionInterface.register(FLOAT32_ATTENTION, sdpa_float32_under_autocast)
+        model.set_attn_implementation(FLOAT32_ATTENTION)

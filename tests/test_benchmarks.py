@@ -121,3 +121,18 @@ def test_end_to_end_row_read_from_a_pipeline_log():
     assert "03_sample_generations" in row["missing"] and "ff23038" in row["source"]
     with pytest.raises(ValueError, match="No .* line in the pipeline log"):
         bench.end_to_end_from_log("nothing here", "cpu", bf16=True)
+
+
+def test_the_float32_check_of_the_committed_run_is_read_and_tabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRM_ROOT", str(tmp_path))
+    assert bench.precision_check_from_metrics("cpu") is None
+    metrics = {"run": {"run": "20261130T000000", "commit": "abc1234"},
+               "02_precision_check": {"anger-seed0": {"best_val_loss": 4.49, "best_val_loss float32": 4.50, "relative_difference": 0.0022,
+                                                      "dominant_index": 412, "dominant_index float32": 413}}}
+    (tmp_path / "figures" / "cpu").mkdir(parents=True)
+    (tmp_path / "figures" / "cpu" / "metrics.json").write_text(__import__("json").dumps(metrics))
+    check = bench.precision_check_from_metrics("cpu")
+    assert check["source"] == "figures/cpu/metrics.json of run 20261130T000000 at commit abc1234"
+    table = bench.markdown_table("cpu: X", section(with_bf16=True) | {"precision_check": check})
+    assert "| 8. bf16 vs float32 training, cpu profile, anger-seed0 | 0.0022 | same findings |" in table
+    assert "dominant index 412 vs 413 (differs)" in table

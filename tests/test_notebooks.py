@@ -58,9 +58,13 @@ def test_committed_notebooks_read_cleanly_and_come_from_one_run_at_one_clean_com
     assert (metrics["run"]["run"], metrics["run"]["commit"]) in runs
 
 
-def test_metrics_of_the_default_run_are_committed():
+def test_metrics_of_the_default_run_are_committed_whole():
+    from irmlib.files import METRICS_SCHEMA, check_metrics
+
     metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
-    assert {"01_data", "02_train", "03_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism"} <= set(metrics)
+    assert set(metrics) == set(METRICS_SCHEMA)
+    for section, values in metrics.items():
+        check_metrics(section, values)
     assert list((ROOT / "figures" / "cpu").glob("*.png"))
 
 

@@ -110,3 +110,21 @@ def test_child_peak_rss_ignores_children_started_before_the_block():
     finally:
         before.kill()
         before.wait()
+
+
+def test_metrics_sections_are_checked_against_the_schema(tmp_path):
+    from irmlib.files import MetricsSchemaError, update_metrics
+
+    path = tmp_path / "metrics.json"
+    with pytest.raises(MetricsSchemaError, match="Unknown metrics section '07_extra'.*METRICS_SCHEMA"):
+        update_metrics(path, "07_extra", {})
+    with pytest.raises(MetricsSchemaError, match="'best_val_loss' of run 'anger-seed0'"):
+        update_metrics(path, "02_train", {"anger-seed0": {"initial_val_loss": 5.0, "steps": 3}})
+    row = {"emotion": "anger", "mode": "greedy", "p_target_base": 0.1, "p_target_irm": 0.2, "p_target_change": 0.1,
+           "p_target_change_low": 0.0, "p_target_change_high": 0.2, "verdict": "raised"}
+    with pytest.raises(MetricsSchemaError, match="'perplexity_ratio' of a 'per_emotion' row"):
+        update_metrics(path, "03_generations", {"judge_cv_accuracy": 0.8, "prompts": 4, "per_emotion": [row], "alpha_sweep": []})
+    assert not path.exists()  # nothing written by a refused section
+    update_metrics(path, "03_generations", {"judge_cv_accuracy": 0.8, "prompts": 4, "alpha_sweep": [],
+                                            "per_emotion": [row | {"perplexity_ratio": 1.5}]})
+    assert "Summary:" in pipeline.summary_lines(json.loads(path.read_text()))

@@ -199,6 +199,44 @@ def test_autocast_is_a_no_op_without_an_autocast_dtype():
         assert (a @ a).dtype is torch.bfloat16
 
 
+def test_attention_under_autocast_is_float32_sdpa_of_the_same_inputs():
+    from conftest import tiny_model
+
+    attention = tiny_model("llama").model.layers[1].self_attn
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    value = torch.randn(2, 4, 6, 8).bfloat16()  # as autocast's value projection returns it
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value.float(), is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = P.sdpa_float32_under_autocast(attention, query, key, value, None, scaling=attention.scaling)
+        autocast_sdpa = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
+    assert output.dtype is torch.bfloat16 and autocast_sdpa.dtype is torch.bfloat16
+    torch.testing.assert_close(output, expected.transpose(1, 2).bfloat16(), rtol=0, atol=0)
+    assert not torch.equal(output, autocast_sdpa.transpose(1, 2))  # autocast alone would run it in bf16
+
+
+def test_hosts_get_float32_attention_under_autocast_and_plain_sdpa_outside():
+    from conftest import tiny_model
+
+    from irmlib.host import Host
+
+    model = tiny_model("llama")
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(3, 97, (2, 12))
+    with torch.no_grad():
+        plain = model(ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_sdpa = model(ids).logits
+        Host.from_model(model, name="tiny-llama")
+        assert model.config._attn_implementation == P.FLOAT32_ATTENTION
+        assert torch.equal(model(ids).logits, plain)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not torch.equal(model(ids).logits, bf16_sdpa)
+    eager = tiny_model("llama")
+    Host.from_model(eager, name="tiny-llama")
+    assert eager.config._attn_implementation == "eager"
+
+
 # --- real (unmocked): one IRM train step on a tiny host --------------------------------------
 
 @pytest.mark.parametrize("requested", ["auto", "bfloat16", "float32"])
