@@ -323,8 +323,12 @@ def sdpa_float32_under_autocast(module, query, key, value, attention_mask, **kwa
 def attention_in_float32_under_autocast(model) -> None:
     """Switch a transformers model that uses SDPA attention to `FLOAT32_ATTENTION` (no change
     outside autocast); models with another attention implementation are left as they are."""
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
 
     if getattr(model.config, "_attn_implementation", None) == "sdpa":
         AttentionInterface.register(FLOAT32_ATTENTION, sdpa_float32_under_autocast)
+        # transformers builds no attention mask at all (padding unmasked) for an attention name
+        # without a mask function: this one takes SDPA's masks.
+        AttentionMaskInterface.register(FLOAT32_ATTENTION, sdpa_mask)
         model.set_attn_implementation(FLOAT32_ATTENTION)

@@ -223,15 +223,21 @@ def test_hosts_get_float32_attention_under_autocast_and_plain_sdpa_outside():
     model = tiny_model("llama")
     model.set_attn_implementation("sdpa")
     ids = torch.randint(3, 97, (2, 12))
+    padding = torch.ones_like(ids)
+    padding[0, -4:] = 0  # right padding, as in training
+    padding[1, :3] = 0  # left padding, as in batched generation
     with torch.no_grad():
-        plain = model(ids).logits
+        plain = model(ids, attention_mask=padding).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_sdpa = model(ids).logits
+            bf16_sdpa = model(ids, attention_mask=padding).logits
         Host.from_model(model, name="tiny-llama")
         assert model.config._attn_implementation == P.FLOAT32_ATTENTION
-        assert torch.equal(model(ids).logits, plain)
+        assert torch.equal(model(ids, attention_mask=padding).logits, plain)  # padding still masked
+        assert not torch.equal(model(ids).logits, plain)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not torch.equal(model(ids).logits, bf16_sdpa)
+            ours = model(ids, attention_mask=padding).logits
+        assert not torch.equal(ours, bf16_sdpa)
+        assert (ours.float() - plain).abs().max() < (bf16_sdpa.float() - plain).abs().max() + 0.05
     eager = tiny_model("llama")
     Host.from_model(eager, name="tiny-llama")
     assert eager.config._attn_implementation == "eager"
