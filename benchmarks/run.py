@@ -26,12 +26,13 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from irmlib.files import repo_root, write_json, write_text
+from irmlib.files import write_json, write_text
 from irmlib.generate import CapturedOutputs, generate
 from irmlib.host import Host, load_host
 from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig
 from irmlib.objective import lm_loss
+from irmlib.profile import load_profile
 from irmlib.precision import Precision, autocast, choose_precision, cpu_bf16_support, cuda_bf16_support
 from irmlib.runs import notebooks_dir
 
@@ -321,7 +322,7 @@ def precision_check_from_metrics(profile: str = "cpu") -> dict | None:
     """Notebook 02's check that bf16 does not change the findings (the same runs trained again in
     float32), as the profile's committed metrics.json holds it, with the run it comes from; None
     where that run has no such check."""
-    path = repo_root() / "figures" / profile / "metrics.json"
+    path = load_profile(profile).figure_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     if "02_precision_check" not in metrics:
         return None

@@ -24,8 +24,8 @@ loss (`lm_loss` casts the logits to float32, and autocast keeps cross-entropy in
 Attention under autocast runs in float32 (`FLOAT32_ATTENTION`, set on every host by
 `Host.from_model`): autocast would run the attention in bf16, and torch's CPU
 flash-attention backward is slow in bf16 (on a 2-core Intel Xeon with AMX, 794 ms against 172 ms in
-float32 for the embedded host's 29 attention layers at 8 x 128 tokens); the float32 attention is
-also the more exact one. Outside autocast (generation, float32 runs, bf16 host weights) it is
+float32 for the embedded host's 29 attention layers at 8 x 128 tokens: the profiler tables in
+benchmarks/ at commit 4654fe9); in float32 the attention also rounds less. Outside autocast (generation, float32 runs, bf16 host weights) it is
 transformers' SDPA attention unchanged.
 
 Generation never runs under autocast (irmlib.generate does not enter it; the host's dtype
@@ -313,8 +313,6 @@ def sdpa_float32_under_autocast(module, query, key, value, attention_mask, **kwa
     device_type = query.device.type
     if not torch.is_autocast_enabled(device_type):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
     with torch.autocast(device_type, enabled=False):
         output, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
     return output.to(torch.get_autocast_dtype(device_type)), weights

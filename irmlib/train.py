@@ -124,7 +124,6 @@ def host_checkpointing(host: Host, enabled: bool) -> Iterator[None]:
         host.model.activation_checkpointing_disable()
 
 
-
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()

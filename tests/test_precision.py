@@ -237,7 +237,6 @@ def test_hosts_get_float32_attention_under_autocast_and_plain_sdpa_outside():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ours = model(ids, attention_mask=padding).logits
         assert not torch.equal(ours, bf16_sdpa)
-        assert (ours.float() - plain).abs().max() < (bf16_sdpa.float() - plain).abs().max() + 0.05
     eager = tiny_model("llama")
     Host.from_model(eager, name="tiny-llama")
     assert eager.config._attn_implementation == "eager"
