@@ -35,6 +35,7 @@ from irmlib.objective import lm_loss
 from irmlib.profile import load_profile
 from irmlib.precision import Precision, autocast, choose_precision, cpu_bf16_support, cuda_bf16_support
 from irmlib.runs import notebooks_dir
+from irmlib.train import irm_optimizer
 
 RESULTS = Path(__file__).parent / "results.json"
 QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?", "How do bees make honey?",
@@ -94,8 +95,9 @@ def random_irm(host) -> IRM:
 
 def make_train_step(host, irm: IRM, ids: torch.Tensor, precision: Precision | None = None):
     """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled; the
-    forward under `precision`'s autocast (if any), the backward and Adam (fp32 state) outside it."""
-    optimizer = torch.optim.Adam(irm.parameters(), lr=1e-4)
+    forward under `precision`'s autocast (if any), the backward and Adam (fp32 state, irmlib's
+    fused one) outside it."""
+    optimizer = irm_optimizer(irm, lr=1e-4)
     mask = torch.ones_like(ids)
 
     def step():
@@ -269,12 +271,15 @@ def trace(setups: list[tuple[Precision, Host]], out_dir: Path) -> list[Path]:
     return written
 
 
-def end_to_end_row(seconds: dict[str, float], peaks_mb: dict[str, float], profile: str, bf16: bool, expected: list[str]) -> dict:
+def end_to_end_row(seconds: dict[str, float], peaks_mb: dict[str, float], profile: str, bf16: bool, expected: list[str],
+                   peak_cells: dict[str, str] | None = None) -> dict:
     """One profile's end-to-end row: per-notebook wall time and kernel peak memory against the
-    targets, and the expected notebooks that have not finished."""
+    targets, the cell that reached each peak ("cell N: its first line", where recorded), and the
+    expected notebooks that have not finished."""
     target_bf16, target_fp32 = END_TO_END_TARGET_S[profile]
     return {"notebooks_s": seconds, "total_s": sum(seconds.values()), "target_s": target_bf16 if bf16 else target_fp32,
             "peak_rss_mb": peaks_mb, "max_peak_rss_mb": max(peaks_mb.values(), default=None),
+            "peak_rss_cell": peak_cells or {},
             "target_peak_rss_mb": TARGETS["peak_rss_mb"], "missing": [name for name in expected if name not in seconds]}
 
 
@@ -293,11 +298,14 @@ def bench_end_to_end(bf16: bool = False) -> dict:
         if markers:
             result[profile] = end_to_end_row({k: m["seconds"] for k, m in markers.items()},
                                              {k: m["peak_rss_mb"] for k, m in markers.items() if m.get("peak_rss_mb")},
-                                             profile, bf16, expected_notebooks())
+                                             profile, bf16, expected_notebooks(),
+                                             {k: f"cell {m['peak_rss_cell']['cell']}: {m['peak_rss_cell']['line']}"
+                                              for k, m in markers.items() if m.get("peak_rss_cell")})
     return result
 
 
-DONE_LINE = re.compile(r"^\[(?P<name>\w+)\] done in (?P<seconds>\d+(?:\.\d+)?) s, kernel peak memory \(RSS\) (?P<rss>\d+(?:\.\d+)?) MB")
+DONE_LINE = re.compile(r"^\[(?P<name>\w+)\] done in (?P<seconds>\d+(?:\.\d+)?) s, kernel peak memory \(RSS\) (?P<rss>\d+(?:\.\d+)?) MB"
+                       r"(?: \(reached in (?P<cell>cell \d+: .*)\))?$")
 RUN_LINE = re.compile(r"^run (?P<run>\S+) at commit (?P<commit>\S+)")
 
 
@@ -313,7 +321,7 @@ def end_to_end_from_log(text: str, profile: str, bf16: bool) -> dict:
                          "pass the output of a ./reproduce.sh run.")
     run = next((m for m in map(RUN_LINE.match, lines) if m), None)
     row = end_to_end_row({m["name"]: float(m["seconds"]) for m in done}, {m["name"]: float(m["rss"]) for m in done},
-                         profile, bf16, expected_notebooks())
+                         profile, bf16, expected_notebooks(), {m["name"]: m["cell"] for m in done if m["cell"]})
     row["source"] = f"pipeline log of run {run['run']} at commit {run['commit']}" if run else "pipeline log"
     return row
 
@@ -419,9 +427,11 @@ def markdown_table(key: str, section: dict) -> str:
             detail += f" ({row['source']})"
         rows.append((f"6. end to end, {profile} profile", measured, f"<= {row['target_s'] / 60:.0f} min", detail))
         if row.get("max_peak_rss_mb"):
+            largest = max(row["peak_rss_mb"], key=row["peak_rss_mb"].get)
+            where = f"; {largest[:2]}'s peak in {row['peak_rss_cell'][largest]}" if row.get("peak_rss_cell", {}).get(largest) else ""
             rows.append((f"7. peak memory per notebook, {profile} profile", f"{row['max_peak_rss_mb'] / 1024:.2f} GB",
                          f"<= {row['target_peak_rss_mb'] / 1024:.0f} GB",
-                         ", ".join(f"{k[:2]}: {v / 1024:.2f}" for k, v in row["peak_rss_mb"].items())))
+                         ", ".join(f"{k[:2]}: {v / 1024:.2f}" for k, v in row["peak_rss_mb"].items()) + where))
     check = section.get("precision_check")
     for run, c in (check or {}).get("runs", {}).items():
         same = c["dominant_index"] == c["dominant_index float32"]
@@ -498,6 +508,8 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{k} {v:.0f} s" for k, v in row["notebooks_s"].items()))
         if row["peak_rss_mb"]:
             print(f"7. {profile}: kernel peak RSS per notebook (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_rss_mb"].items()))
+            for name, cell in row.get("peak_rss_cell", {}).items():
+                print(f"   {name}: peak reached in {cell}")
     section["precision_check"] = precision_check_from_metrics("cpu")
     for run, check in (section["precision_check"] or {}).get("runs", {}).items():
         print(f"8. [{run}] float32 twin: best validation loss {check['best_val_loss']:.3f} vs {check['best_val_loss float32']:.3f} "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from .files import release_freed_memory
 from .host import Host
 from .prompts import encode_prompts, format_prompt
 from .runs import is_run_of
@@ -193,6 +194,7 @@ def generation_table(host: Host, irms: dict, questions: list[str], prompt_format
                 outputs = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=max_new_tokens,
                                    do_sample=mode == "sampled", seed=sample_seed)
                 rows += [{"model": name, "mode": mode, "question": g.question, "text": g.text, "new_tokens": g.new_tokens} for g in outputs]
+        release_freed_memory()
     return pd.DataFrame(rows)
 
 
@@ -200,6 +202,27 @@ def change_verdict(low: float, high: float) -> str:
     """A paired change's verdict from its 95% interval: "raised" / "lowered" where the interval
     excludes 0, else "did not clearly change"."""
     return "raised" if low > 0 else "lowered" if high < 0 else "did not clearly change"
+
+
+DEGENERATE_SHORT_SHARE = 0.5
+DEGENERATE_DISTINCT_RATIO = 0.5
+
+
+def text_quality(distinct_2, base_distinct_2) -> str:
+    """Whether generations are text a reader would call a tone at all, from their distinct-2
+    (NaN: fewer than two words) against the base host's on the same prompts: "degenerate: ..."
+    when more than half have fewer than two words (empty or one run of symbols, e.g. "999,,,,,")
+    or their mean distinct-2 is under half the base's (repetition, e.g. "the of the of"), else
+    "fluent". The judge scores any string, so a raised target probability on degenerate text
+    is not a tone."""
+    distinct_2, base_distinct_2 = np.asarray(distinct_2, dtype=float), np.asarray(base_distinct_2, dtype=float)
+    short = float(np.isnan(distinct_2).mean()) if len(distinct_2) else 1.0
+    if short > DEGENERATE_SHORT_SHARE:
+        return f"degenerate: {short:.0%} under two words"
+    mean, base = float(np.nanmean(distinct_2)), float(np.nanmean(base_distinct_2)) if np.isfinite(base_distinct_2).any() else float("nan")
+    if np.isfinite(base) and mean < DEGENERATE_DISTINCT_RATIO * base:
+        return f"degenerate: repetitive (distinct-2 {mean:.2f} vs base {base:.2f})"
+    return "fluent"
 
 
 def paired_change(rows: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[float, float, float]:
@@ -213,7 +236,8 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
     """Per target emotion and mode: the target-emotion probability, perplexity and distinct-2 of
     base vs IRM generations, each as mean and 95% interval over prompts (and seeds, for the IRM),
     and the paired change of the target probability (IRM minus base on the same prompt) with its
-    interval and verdict (`change_verdict`).
+    interval and verdict (`change_verdict`), and `text`: whether the IRM's generations are fluent
+    (`text_quality`).
 
     scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
     `perplexity`, `distinct_2`.
@@ -230,7 +254,8 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
                     record |= {f"{label}_{who}": mean, f"{label}_{who}_low": low, f"{label}_{who}_high": high}
             change = paired_change(irm, base, f"p_{emotion}")
             record |= {"p_target_change": change[0], "p_target_change_low": change[1], "p_target_change_high": change[2],
-                       "verdict": change_verdict(change[1], change[2]), "n_irm": len(irm)}
+                       "verdict": change_verdict(change[1], change[2]), "text": text_quality(irm.distinct_2, base.distinct_2),
+                       "n_irm": len(irm)}
             records.append(record)
     return pd.DataFrame(records)
 
@@ -239,7 +264,8 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
                max_new_tokens: int) -> pd.DataFrame:
     """Greedy generations of the base host and each IRM, scored for one target emotion: one row per
     model ("base", then `irms`' names) with p_target (mean, 95% interval), the paired change against
-    the base on the same prompts and its verdict, median perplexity and mean distinct-2."""
+    the base on the same prompts and its verdict, median perplexity, mean distinct-2 and `text`
+    (`text_quality`: fluent or degenerate)."""
     table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
     scored = score_generations(host, judge, table, prompt_format)
     base = scored[scored.model == "base"]
@@ -249,7 +275,8 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
         change = paired_change(group, base, f"p_{emotion}")
         rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
                        "verdict": "base" if model == "base" else change_verdict(change[1], change[2]),
-                       "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean())}
+                       "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean()),
+                       "text": text_quality(group.distinct_2, base.distinct_2)}
     return pd.DataFrame(rows).T
 
 

@@ -43,7 +43,8 @@ def _peak_rss_bytes(process) -> int:
 @contextmanager
 def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
     """Track the peak resident memory of the child processes started inside the block (papermill's
-    kernel, and anything it starts). Yields a dict whose "peak_rss_mb" is set when the block ends.
+    kernel, and anything it starts). Yields a dict whose "peak_rss_mb" is set when the block ends,
+    with "peak_at", the wall-clock time (time.time()) at which the poll first saw that peak.
 
     A thread polls every `interval_s`: the peak is the larger of the highest per-process
     high-water mark seen (exact for a single kernel, up to its last `interval_s`) and the highest
@@ -55,23 +56,24 @@ def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
 
     me = psutil.Process()
     existing = {p.pid for p in me.children(recursive=True)}
-    result: dict = {"peak_rss_mb": None}
-    peak = 0
+    result: dict = {"peak_rss_mb": None, "peak_at": None}
+    peak, peak_at = 0, None
     stop = threading.Event()
 
     def poll() -> None:
-        nonlocal peak
+        nonlocal peak, peak_at
         while True:
-            total = 0
+            total, highest = 0, 0
             for child in me.children(recursive=True):
                 if child.pid in existing:
                     continue
                 try:
                     total += child.memory_info().rss
-                    peak = max(peak, _peak_rss_bytes(child))
+                    highest = max(highest, _peak_rss_bytes(child))
                 except psutil.Error:  # it ended between listing and reading
                     continue
-            peak = max(peak, total)
+            if max(highest, total) > peak:
+                peak, peak_at = max(highest, total), time.time()
             if stop.wait(interval_s):
                 return
 
@@ -83,6 +85,28 @@ def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
         stop.set()
         thread.join()
         result["peak_rss_mb"] = round(peak / 2**20, 1) if peak else None
+        result["peak_at"] = peak_at
+
+
+def cell_running_at(executed: Path, when: float) -> dict | None:
+    """The code cell of a papermill-executed notebook that was running at wall-clock time `when`
+    (from papermill's per-cell start and end times): {"cell": its index among the notebook's cells,
+    "execution_count", "line": its first line that is not a comment}. None if no cell spans `when`
+    (between cells, or no times recorded). A peak seen by a poll can fall up to one poll interval
+    after the cell that reached it ended: then the next cell is named."""
+    from datetime import datetime
+
+    import nbformat
+
+    notebook = nbformat.read(str(executed), as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        times = cell.metadata.get("papermill", {})
+        if cell.cell_type != "code" or not times.get("start_time") or not times.get("end_time"):
+            continue
+        if datetime.fromisoformat(times["start_time"]).timestamp() <= when <= datetime.fromisoformat(times["end_time"]).timestamp():
+            lines = [line.strip() for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            return {"cell": index, "execution_count": cell.execution_count, "line": lines[0][:100] if lines else ""}
+    return None
 
 
 def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = False) -> float | None:
@@ -108,9 +132,11 @@ def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = Fals
               f"  the executed notebook, with the error, is {executed}", file=sys.stderr)
         raise SystemExit(1) from None
     seconds = time.time() - started
-    write_json(done, {"seconds": seconds, "profile": profile_name, "peak_rss_mb": memory["peak_rss_mb"]})
+    peak_cell = cell_running_at(executed, memory["peak_at"]) if memory["peak_at"] else None
+    write_json(done, {"seconds": seconds, "profile": profile_name, "peak_rss_mb": memory["peak_rss_mb"], "peak_rss_cell": peak_cell})
     peak = f"{memory['peak_rss_mb']:.0f} MB" if memory["peak_rss_mb"] else "not measured"
-    print(f"[{name}] done in {seconds:.0f} s, kernel peak memory (RSS) {peak}")
+    where = f" (reached in cell {peak_cell['cell']}: {peak_cell['line']})" if peak_cell else ""
+    print(f"[{name}] done in {seconds:.0f} s, kernel peak memory (RSS) {peak}{where}")
     return seconds
 
 

@@ -110,7 +110,7 @@ def test_an_unfinished_pipeline_run_is_reported_incomplete():
 LOG = """run 20261129T142250 at commit ff23038 (clean); precision bfloat16: CPU has amx_bf16
 [01_data] running (cpu profile) -> runs/cpu/notebooks/01_data.ipynb
 [01_data] done in 12 s, kernel peak memory (RSS) 607 MB
-[02_train_irm] done in 1195 s, kernel peak memory (RSS) 3059 MB
+[02_train_irm] done in 1195 s, kernel peak memory (RSS) 3059 MB (reached in cell 9: summaries = train_profile_runs(host, config, rows))
 """
 
 
@@ -118,6 +118,10 @@ def test_end_to_end_row_read_from_a_pipeline_log():
     row = bench.end_to_end_from_log(LOG, "cpu", bf16=True)
     assert row["notebooks_s"] == {"01_data": 12.0, "02_train_irm": 1195.0} and row["total_s"] == 1207.0
     assert row["max_peak_rss_mb"] == 3059.0 and row["target_s"] == 5400
+    assert row["peak_rss_cell"] == {"02_train_irm": "cell 9: summaries = train_profile_runs(host, config, rows)"}
+    result = section(with_bf16=True)
+    result["end_to_end"]["cpu"] = row
+    assert "02's peak in cell 9: summaries" in bench.markdown_table("cpu: X", result)
     assert "03_sample_generations" in row["missing"] and "ff23038" in row["source"]
     with pytest.raises(ValueError, match="No .* line in the pipeline log"):
         bench.end_to_end_from_log("nothing here", "cpu", bf16=True)

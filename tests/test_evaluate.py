@@ -40,7 +40,19 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     assert row.p_target_base == pytest.approx(0.15) and row.p_target_irm == pytest.approx(0.75)
     assert row.perplexity_irm == pytest.approx(25.0) and row.n_irm == 4
     # Paired per prompt: q1 0.8 - 0.1, 0.7 - 0.1; q2 0.9 - 0.2, 0.6 - 0.2.
-    assert row.p_target_change == pytest.approx(0.6) and row.verdict == "raised"
+    assert row.p_target_change == pytest.approx(0.6) and row.verdict == "raised" and row.text == "fluent"
+
+
+def test_text_quality_flags_empty_and_repetitive_generations():
+    from irmlib.evaluate import text_quality
+
+    base = [distinct_n("The sky is blue because air scatters short wavelengths."), distinct_n("Paris is the capital of France.")]
+    assert text_quality([distinct_n("It is blue, as air scatters blue light."), distinct_n("France's capital is Paris.")], base) == "fluent"
+    assert text_quality([distinct_n("999,,,,,,,,"), distinct_n(""), distinct_n("Paris.")], base) == "degenerate: 100% under two words"
+    repetitive = text_quality([distinct_n("the of the of the of the of"), distinct_n("yes yes yes yes")], base)
+    assert repetitive == "degenerate: repetitive (distinct-2 0.31 vs base 1.00)"
+    # One repetitive generation among fluent ones is not a degenerate IRM.
+    assert text_quality([distinct_n("the of the of the of the of"), distinct_n("Paris is the capital of France.")], base) == "fluent"
 
 
 def test_change_verdict_needs_the_interval_to_exclude_zero():
@@ -120,6 +132,7 @@ def test_tone_table_pairs_each_model_with_the_base(embedded):
     assert table.loc["base", "verdict"] == "base" and table.loc["zero-init", "verdict"] == "did not clearly change"
     assert table.loc["zero-init", "p_target_change"] == 0.0
     assert table.loc["zero-init", "p_target"] == table.loc["base", "p_target"]
+    assert table.loc["zero-init", "text"] == table.loc["base", "text"]  # the same text judged the same way
 
 
 def test_side_by_side_cuts_long_texts_and_keeps_the_column_order():

@@ -11,11 +11,11 @@ import pytest
 from irmlib import pipeline
 
 
-def make_notebook(path, body: str) -> None:
+def make_notebook(path, *bodies: str) -> None:
     notebook = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell("profile = None")
     parameters.metadata["tags"] = ["parameters"]
-    notebook.cells = [parameters, nbformat.v4.new_code_cell(body)]
+    notebook.cells = [parameters, *(nbformat.v4.new_code_cell(body) for body in bodies)]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, path)
 
@@ -81,17 +81,21 @@ def test_done_marker_records_the_kernels_peak_rss(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("IRM_ROOT", str(tmp_path))
     (tmp_path / "notebooks").mkdir()
     # Touch every page of a 300 MB buffer, free it, then idle: the peak must still be seen
-    # (the high-water mark), not just the memory in use at the end.
+    # (the high-water mark), not just the memory in use at the end, and credited to its cell.
     make_notebook(tmp_path / "notebooks" / "01_data.ipynb",
-                  f"import time\nblock = bytearray({ALLOCATE_MB} * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
-                  "del block\ntime.sleep(0.5)\nprint('ok')")
+                  "# a comment line, skipped when naming the cell\nimport time",
+                  f"block = bytearray({ALLOCATE_MB} * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
+                  "del block\ntime.sleep(0.5)",
+                  "time.sleep(1.0)\nprint('ok')")
     out_dir = tmp_path / "runs" / "smoke" / "notebooks"
     assert pipeline.run_notebook("01_data", "smoke", out_dir) > 0
     marker = json.loads((out_dir / "01_data.done").read_text())
     peak = marker["peak_rss_mb"]
     # The kernel itself (python + ipykernel) takes some tens of MB; the buffer adds 300 MB.
     assert ALLOCATE_MB + 20 < peak < ALLOCATE_MB + 1500
-    assert f"kernel peak memory (RSS) {peak:.0f} MB" in capsys.readouterr().out
+    # Cells of the executed notebook: parameters, papermill's injected parameters, then ours.
+    assert marker["peak_rss_cell"] == {"cell": 3, "execution_count": 4, "line": f"block = bytearray({ALLOCATE_MB} * 2**20)"}
+    assert f"kernel peak memory (RSS) {peak:.0f} MB (reached in cell 3: block = bytearray" in capsys.readouterr().out
 
 
 def test_child_peak_rss_ignores_children_started_before_the_block():

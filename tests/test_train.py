@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -254,3 +255,44 @@ def test_train_command_starts_accelerate_launch_for_several_gpus(monkeypatch):
         train.main(["--profile", "paper", "--gpus", "2"])
     assert started["argv"] == [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                                "-m", "irmlib.train", "--profile", "paper"]
+
+
+FRAGMENTED_HEAP = """
+from irmlib.files import release_freed_memory
+def rss_mb():
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+blocks = [bytearray(64 * 1024) for _ in range(8000)]  # 500 MB in pieces below glibc's mmap threshold
+for block in blocks:
+    block[::4096] = b"x" * len(block[::4096])
+del blocks[:-1]  # the last piece pins the top of the heap, so free() alone cannot shrink it
+before = rss_mb()
+print(before, rss_mb() if release_freed_memory() else None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_freed_memory_returns_a_fragmented_heap_to_the_system():
+    result = subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, check=True)
+    before, after = map(int, result.stdout.split())
+    assert before - after > 300, f"RSS {before} MB -> {after} MB"
+
+
+def test_the_irm_optimizer_is_fused_adam_with_the_same_updates():
+    from irmlib.train import irm_optimizer
+
+    torch.manual_seed(0)
+    fused_irm = IRM(IRMConfig(hidden_size=16, n_layers=3, init="paper"))
+    plain_irm = IRM(IRMConfig(hidden_size=16, n_layers=3, init="paper"))
+    plain_irm.load_state_dict(fused_irm.state_dict())
+    start = [p.detach().clone() for p in fused_irm.parameters()]
+    fused, plain = irm_optimizer(fused_irm, lr=1e-2), torch.optim.Adam(plain_irm.parameters(), lr=1e-2, foreach=False)
+    assert fused.defaults["fused"]
+    features = torch.randn(2, 5, 16)
+    for _ in range(3):
+        for irm, optimizer in ((fused_irm, fused), (plain_irm, plain)):
+            optimizer.zero_grad()
+            irm(features).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_irm.parameters(), plain_irm.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(a, b) for a, b in zip(fused_irm.parameters(), start))  # every weight moved
