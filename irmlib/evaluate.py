@@ -206,15 +206,18 @@ def change_verdict(low: float, high: float) -> str:
 
 DEGENERATE_SHORT_SHARE = 0.5
 DEGENERATE_DISTINCT_RATIO = 0.5
+DEGENERATE_PERPLEXITY_RATIO = 10.0
 
 
-def text_quality(distinct_2, base_distinct_2) -> str:
-    """Whether generations are text a reader would call a tone at all, from their distinct-2
-    (NaN: fewer than two words) against the base host's on the same prompts: "degenerate: ..."
-    when more than half have fewer than two words (empty or one run of symbols, e.g. "999,,,,,")
-    or their mean distinct-2 is under half the base's (repetition, e.g. "the of the of"), else
-    "fluent". The judge scores any string, so a raised target probability on degenerate text
-    is not a tone."""
+def text_quality(distinct_2, base_distinct_2, perplexity, base_perplexity) -> str:
+    """Whether generations are text a reader would call a tone at all, against the base host's on
+    the same prompts: "degenerate: ..." when more than half have fewer than two words (distinct-2
+    NaN: empty, or one run of symbols such as "999,,,,,"), when their mean distinct-2 is under half
+    the base's (repetition, "the of the of"), or when their median perplexity under the base host
+    is over 10x the base's (varied words that do not read as text); else "fluent". The judge
+    scores any string, so a raised target probability on degenerate text is not a tone.
+
+    distinct_2, perplexity: one value per generation (NaN allowed); base_*: the base host's."""
     distinct_2, base_distinct_2 = np.asarray(distinct_2, dtype=float), np.asarray(base_distinct_2, dtype=float)
     short = float(np.isnan(distinct_2).mean()) if len(distinct_2) else 1.0
     if short > DEGENERATE_SHORT_SHARE:
@@ -222,6 +225,9 @@ def text_quality(distinct_2, base_distinct_2) -> str:
     mean, base = float(np.nanmean(distinct_2)), float(np.nanmean(base_distinct_2)) if np.isfinite(base_distinct_2).any() else float("nan")
     if np.isfinite(base) and mean < DEGENERATE_DISTINCT_RATIO * base:
         return f"degenerate: repetitive (distinct-2 {mean:.2f} vs base {base:.2f})"
+    ratio = float(np.nanmedian(np.asarray(perplexity, dtype=float)) / np.nanmedian(np.asarray(base_perplexity, dtype=float)))
+    if ratio > DEGENERATE_PERPLEXITY_RATIO:
+        return f"degenerate: perplexity x{ratio:.0f} the base's"
     return "fluent"
 
 
@@ -254,7 +260,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...]) -> pd.Dat
                     record |= {f"{label}_{who}": mean, f"{label}_{who}_low": low, f"{label}_{who}_high": high}
             change = paired_change(irm, base, f"p_{emotion}")
             record |= {"p_target_change": change[0], "p_target_change_low": change[1], "p_target_change_high": change[2],
-                       "verdict": change_verdict(change[1], change[2]), "text": text_quality(irm.distinct_2, base.distinct_2),
+                       "verdict": change_verdict(change[1], change[2]), "text": text_quality(irm.distinct_2, base.distinct_2, irm.perplexity, base.perplexity),
                        "n_irm": len(irm)}
             records.append(record)
     return pd.DataFrame(records)
@@ -276,7 +282,7 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
         rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
                        "verdict": "base" if model == "base" else change_verdict(change[1], change[2]),
                        "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean()),
-                       "text": text_quality(group.distinct_2, base.distinct_2)}
+                       "text": text_quality(group.distinct_2, base.distinct_2, group.perplexity, base.perplexity)}
     return pd.DataFrame(rows).T
 
 

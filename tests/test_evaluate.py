@@ -43,16 +43,22 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     assert row.p_target_change == pytest.approx(0.6) and row.verdict == "raised" and row.text == "fluent"
 
 
-def test_text_quality_flags_empty_and_repetitive_generations():
+def test_text_quality_flags_empty_repetitive_and_unreadable_generations():
     from irmlib.evaluate import text_quality
 
     base = [distinct_n("The sky is blue because air scatters short wavelengths."), distinct_n("Paris is the capital of France.")]
-    assert text_quality([distinct_n("It is blue, as air scatters blue light."), distinct_n("France's capital is Paris.")], base) == "fluent"
-    assert text_quality([distinct_n("999,,,,,,,,"), distinct_n(""), distinct_n("Paris.")], base) == "degenerate: 100% under two words"
-    repetitive = text_quality([distinct_n("the of the of the of the of"), distinct_n("yes yes yes yes")], base)
+    base_perplexity = [3.0, 5.0]
+    fluent = [distinct_n("It is blue, as air scatters blue light."), distinct_n("France's capital is Paris.")]
+    assert text_quality(fluent, base, [6.0, 8.0], base_perplexity) == "fluent"
+    short = [distinct_n("999,,,,,,,,"), distinct_n(""), distinct_n("Paris.")]
+    assert text_quality(short, base, [50.0, float("nan"), 9.0], base_perplexity) == "degenerate: 100% under two words"
+    repetitive = text_quality([distinct_n("the of the of the of the of"), distinct_n("yes yes yes yes")], base, [2.0, 2.0], base_perplexity)
     assert repetitive == "degenerate: repetitive (distinct-2 0.31 vs base 1.00)"
+    # Varied words at 100x the base's perplexity read as nothing, however distinct.
+    assert text_quality(fluent, base, [300.0, 500.0], base_perplexity) == "degenerate: perplexity x100 the base's"
     # One repetitive generation among fluent ones is not a degenerate IRM.
-    assert text_quality([distinct_n("the of the of the of the of"), distinct_n("Paris is the capital of France.")], base) == "fluent"
+    mixed = [distinct_n("the of the of the of the of"), distinct_n("Paris is the capital of France.")]
+    assert text_quality(mixed, base, [4.0, 4.0], base_perplexity) == "fluent"
 
 
 def test_change_verdict_needs_the_interval_to_exclude_zero():
