@@ -30,6 +30,7 @@ from irmlib.files import write_json, write_text
 from irmlib.generate import CapturedOutputs, generate
 from irmlib.host import Host, load_host
 from irmlib.inject import inject
+from irmlib.pipeline import NOTEBOOKS, cell_label, notebook_dir
 from irmlib.irm import IRM, IRMConfig
 from irmlib.objective import lm_loss
 from irmlib.profile import load_profile
@@ -284,8 +285,6 @@ def end_to_end_row(seconds: dict[str, float], peaks_mb: dict[str, float], profil
 
 
 def expected_notebooks() -> list[str]:
-    from irmlib.pipeline import NOTEBOOKS, notebook_dir
-
     return [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
 
 
@@ -299,8 +298,7 @@ def bench_end_to_end(bf16: bool = False) -> dict:
             result[profile] = end_to_end_row({k: m["seconds"] for k, m in markers.items()},
                                              {k: m["peak_rss_mb"] for k, m in markers.items() if m.get("peak_rss_mb")},
                                              profile, bf16, expected_notebooks(),
-                                             {k: f"cell {m['peak_rss_cell']['cell']}: {m['peak_rss_cell']['line']}"
-                                              for k, m in markers.items() if m.get("peak_rss_cell")})
+                                             {k: cell_label(m["peak_rss_cell"]) for k, m in markers.items() if m.get("peak_rss_cell")})
     return result
 
 

@@ -222,8 +222,9 @@ def text_quality(distinct_2, base_distinct_2, perplexity, base_perplexity) -> st
     short = float(np.isnan(distinct_2).mean()) if len(distinct_2) else 1.0
     if short > DEGENERATE_SHORT_SHARE:
         return f"degenerate: {short:.0%} under two words"
-    mean, base = float(np.nanmean(distinct_2)), float(np.nanmean(base_distinct_2)) if np.isfinite(base_distinct_2).any() else float("nan")
-    if np.isfinite(base) and mean < DEGENERATE_DISTINCT_RATIO * base:
+    mean = float(np.nanmean(distinct_2))
+    base = float(np.nanmean(base_distinct_2)) if np.isfinite(base_distinct_2).any() else float("nan")
+    if mean < DEGENERATE_DISTINCT_RATIO * base:  # False when the base has no distinct-2
         return f"degenerate: repetitive (distinct-2 {mean:.2f} vs base {base:.2f})"
     ratio = float(np.nanmedian(np.asarray(perplexity, dtype=float)) / np.nanmedian(np.asarray(base_perplexity, dtype=float)))
     if ratio > DEGENERATE_PERPLEXITY_RATIO:

@@ -90,8 +90,8 @@ def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
 
 def cell_running_at(executed: Path, when: float) -> dict | None:
     """The code cell of a papermill-executed notebook that was running at wall-clock time `when`
-    (from papermill's per-cell start and end times): {"cell": its index among the notebook's cells,
-    "execution_count", "line": its first line that is not a comment}. None if no cell spans `when`
+    (from papermill's per-cell start and end times): {"cell": its index among the executed
+    notebook's cells, "line": its first line that is not a comment}. None if no cell spans `when`
     (between cells, or no times recorded). A peak seen by a poll can fall up to one poll interval
     after the cell that reached it ended: then the next cell is named."""
     from datetime import datetime
@@ -105,8 +105,13 @@ def cell_running_at(executed: Path, when: float) -> dict | None:
             continue
         if datetime.fromisoformat(times["start_time"]).timestamp() <= when <= datetime.fromisoformat(times["end_time"]).timestamp():
             lines = [line.strip() for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-            return {"cell": index, "execution_count": cell.execution_count, "line": lines[0][:100] if lines else ""}
+            return {"cell": index, "line": lines[0][:100] if lines else ""}
     return None
+
+
+def cell_label(cell: dict) -> str:
+    """"cell N: its first line", for a `cell_running_at` result."""
+    return f"cell {cell['cell']}: {cell['line']}"
 
 
 def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = False) -> float | None:
@@ -135,7 +140,7 @@ def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = Fals
     peak_cell = cell_running_at(executed, memory["peak_at"]) if memory["peak_at"] else None
     write_json(done, {"seconds": seconds, "profile": profile_name, "peak_rss_mb": memory["peak_rss_mb"], "peak_rss_cell": peak_cell})
     peak = f"{memory['peak_rss_mb']:.0f} MB" if memory["peak_rss_mb"] else "not measured"
-    where = f" (reached in cell {peak_cell['cell']}: {peak_cell['line']})" if peak_cell else ""
+    where = f" (reached in {cell_label(peak_cell)})" if peak_cell else ""
     print(f"[{name}] done in {seconds:.0f} s, kernel peak memory (RSS) {peak}{where}")
     return seconds
 

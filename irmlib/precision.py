@@ -25,8 +25,8 @@ Attention under autocast runs in float32 (`FLOAT32_ATTENTION`, set on every host
 `Host.from_model`): autocast would run the attention in bf16, and torch's CPU
 flash-attention backward is slow in bf16 (on a 2-core Intel Xeon with AMX, 794 ms against 172 ms in
 float32 for the embedded host's 29 attention layers at 8 x 128 tokens: the profiler tables in
-benchmarks/ at commit 4654fe9); in float32 the attention also rounds less. Outside autocast (generation, float32 runs, bf16 host weights) it is
-transformers' SDPA attention unchanged.
+benchmarks/ at commit 4654fe9); in float32 the attention also rounds less. Outside autocast
+(generation, float32 runs, bf16 host weights) it is transformers' SDPA attention unchanged.
 
 Generation never runs under autocast (irmlib.generate does not enter it; the host's dtype
 decides): one token per step is bound by reading the weights, and autocast would re-cast the
