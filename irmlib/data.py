@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from .files import repo_root
+from .environment import repo_root
 from .runs import squad_alignment_path
 
 EMOTIONS = ("anger", "sadness", "joy", "neutral")
@@ -147,11 +147,9 @@ def assign_split(key: str, seed: int = 42, fractions: tuple[float, float] = (0.8
 def profile_rows(profile) -> list[dict]:
     """The alignment rows a profile trains on: the curated set, or the SQuAD-derived set that
     notebook 01 builds for the paper profile."""
-    if profile.data == "curated":
+    if profile.data == "curated":  # else "squad": Profile refuses any other value
         return load_alignment()
-    if profile.data == "squad":
-        path = squad_alignment_path(profile)
-        if not path.exists():
-            raise DataError(f"{path} does not exist yet: run notebooks/01_data.ipynb with profile '{profile.name}' first; it builds the SQuAD data.")
-        return load_alignment(path)
-    raise DataError(f"Profile '{profile.name}' asks for data '{profile.data}'; choose 'curated' or 'squad'.")
+    path = squad_alignment_path(profile)
+    if not path.exists():
+        raise DataError(f"{path} does not exist yet: run notebooks/01_data.ipynb with profile '{profile.name}' first; it builds the SQuAD data.")
+    return load_alignment(path)

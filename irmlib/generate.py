@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from .prompts import encode_prompts, format_prompt, left_padding
+from .atomic import atomic_path
 from .host import Host
-from .inject import Injection
+from .inject import Injection, inject
+from .prompts import encode_prompts, format_prompt, left_padding
 
 
 @dataclass
@@ -103,12 +107,6 @@ class CapturedOutputs:
 
     def save(self, path) -> int:
         """One safetensors file, written atomically, the prompt lengths in its metadata; returns its size in bytes."""
-        import json
-
-        from safetensors.torch import save_file
-
-        from .files import atomic_path
-
         with atomic_path(path) as tmp:
             save_file({f"seq{i:05d}": t.contiguous() for i, t in enumerate(self.irm_outputs)}, str(tmp),
                       metadata={"prompt_tokens": json.dumps(self.prompt_tokens)})
@@ -116,34 +114,28 @@ class CapturedOutputs:
 
     @classmethod
     def load(cls, path) -> "CapturedOutputs":
-        import json
-
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             prompt_tokens = json.loads((handle.metadata() or {}).get("prompt_tokens", "[]"))
             return cls([handle.get_tensor(k) for k in sorted(handle.keys())], prompt_tokens)
 
 
 def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: str = "plain", new_tokens: int = 10,
-                        batch_size: int = 8) -> CapturedOutputs:
+                        batch_size: int = 8, masked_indices: tuple[int, ...] = ()) -> CapturedOutputs:
     """The IRM outputs for each question's prompt tokens and its first `new_tokens` greedy
     tokens (the paper averaged over both): one [tokens, injected_layers, hidden] fp16 tensor per
-    question, with its prompt length."""
-    from .inject import inject
-
-    with inject(host, irm) as injection:
+    question, with its prompt length. `masked_indices` are zeroed in what is injected and captured."""
+    with inject(host, irm, masked_indices=masked_indices) as injection:
         generations = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=new_tokens,
                                batch_size=batch_size, capture=True)
     return CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])
 
 
-def load_or_capture(host: Host, irm, questions: list[str], prompt_format: str, path) -> CapturedOutputs:
+def load_or_capture(host: Host, irm, questions: list[str], prompt_format: str, path, new_tokens: int = 10) -> CapturedOutputs:
     """The IRM outputs saved at `path` (notebook 04 writes them), else captured as 04 does and saved
     there, so a notebook that reads 04's captures also runs alone."""
     path = Path(path)
     if path.exists():
         return CapturedOutputs.load(path)
-    captured = capture_irm_outputs(host, irm, questions, prompt_format)
+    captured = capture_irm_outputs(host, irm, questions, prompt_format, new_tokens=new_tokens)
     captured.save(path)
     return captured

@@ -152,6 +152,8 @@ def embedded_gguf_path() -> Path:
 
 def _dequantised_embedded_dir() -> Path:
     """Return a directory holding the embedded host as plain safetensors, writing it once."""
+    # Lazy (here and in _load_pretrained): transformers takes seconds to import, and the run
+    # layout, plan and pipeline import this module without loading a model.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = cache_dir() / "smollm2-135m-instruct-f32"
@@ -186,7 +188,7 @@ def _default_dtype(device: torch.device) -> torch.dtype:
 
 
 def _load_pretrained(source: str | Path, dtype: torch.dtype, local_only: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: see _dequantised_embedded_dir
 
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)

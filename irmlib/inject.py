@@ -6,9 +6,13 @@ after layer i's attention residual add, and returns one vector per injected laye
 exactly the same as adding it to the residual right after the attention add, before the MLP.
 At site `block_out` it is added to the decoder block's output instead.
 
-    with inject(host, irm, scale=0.5, masked_indices=[507], capture=True) as injection:
+    with inject(host, irm, scale=0.5, masked_indices=[507]) as injection, injection.capturing() as capture:
         logits = host.model(input_ids).logits
-    irm_outputs = injection.capture.stacked()  # [batch, tokens, injected_layers, hidden]
+    irm_outputs = capture.stacked()  # [batch, tokens, injected_layers, hidden]
+
+This is the only module that reads or rewrites a decoder layer's hidden states: `layer_input`,
+`layer_output` and `replace_layer_output` are the one hook layer every other reader (the IRM's
+inputs, the host's residual stream, the LM-head nudge) goes through.
 """
 
 from __future__ import annotations
@@ -48,15 +52,24 @@ class Capture:
         return [seq[keep.bool().cpu()] for seq, keep in zip(stacked, token_mask)]
 
 
-def _hidden_states_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states [batch, tokens, hidden] a decoder layer (or its attention) is called with,
+    as a forward pre-hook registered `with_kwargs=True` sees them."""
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _add_to_output(output, vector: torch.Tensor):
-    """Add `vector` to a module output that is a tensor or a tuple whose first item is one."""
+def layer_output(output) -> torch.Tensor:
+    """The hidden states [batch, tokens, hidden] of a decoder layer's or attention module's output:
+    a tensor, or a tuple whose first item is one (depending on the family and transformers' version)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def replace_layer_output(output, hidden: torch.Tensor):
+    """`output` with its hidden states replaced by `hidden` (cast to their dtype), the rest kept:
+    what a forward hook returns to change a module's output."""
     if isinstance(output, tuple):
-        return (output[0] + vector.to(output[0].dtype),) + output[1:]
-    return output + vector.to(output.dtype)
+        return (hidden.to(output[0].dtype),) + output[1:]
+    return hidden.to(output.dtype)
 
 
 class Injection:
@@ -79,7 +92,7 @@ class Injection:
         self.capture: Capture | None = None  # the latest capture, kept after its block ends
         self._capturing = False
         self._input_residual: torch.Tensor | None = None
-        self._vectors: torch.Tensor | None = None
+        self.vectors: torch.Tensor | None = None  # the latest forward's IRM output, [batch, tokens, injected_layers, hidden]
         self._per_layer: tuple[torch.Tensor, ...] = ()
         self._handles = [
             host.layers[config.input_layer].register_forward_pre_hook(self._remember_input, with_kwargs=True),
@@ -104,12 +117,12 @@ class Injection:
 
     def _remember_input(self, module, args, kwargs):
         if self.active:
-            self._input_residual = _hidden_states_arg(args, kwargs)
+            self._input_residual = layer_input(args, kwargs)
 
     def _run_irm(self, module, args, output):
         if not self.active:
             return None
-        attn_out = output[0] if isinstance(output, tuple) else output
+        attn_out = layer_output(output)
         # Kept, not cleared: under activation checkpointing the backward pass replays this hook
         # (it sits inside the layer's forward) but not the layer's pre-hook that set it.
         residual = self._input_residual + attn_out
@@ -119,7 +132,7 @@ class Injection:
             vectors = vectors * self.scale
         if self._masked_indices:
             vectors = vectors * self._keep_mask(vectors)
-        self._vectors = vectors
+        self.vectors = vectors
         # One unbind, not a slice per layer: a slice's backward zero-fills the whole tensor each time.
         self._per_layer = vectors.unbind(dim=2)
         if self._capturing:
@@ -143,7 +156,8 @@ class Injection:
         def hook(module, args, output):
             if not self.active:
                 return None
-            return _add_to_output(output, self._per_layer[slot])
+            hidden = layer_output(output)
+            return replace_layer_output(output, hidden + self._per_layer[slot].to(hidden.dtype))
 
         return hook
 
@@ -176,18 +190,14 @@ class Injection:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._vectors, self._per_layer, self._input_residual = None, (), None
+        self.vectors, self._per_layer, self._input_residual = None, (), None
 
 
 @contextmanager
-def inject(host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True, capture: bool = False) -> Iterator[Injection]:
+def inject(host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True) -> Iterator[Injection]:
     """Run `irm` inside `host` for the duration of the block; hooks are removed on exit."""
     injection = Injection(host, irm, scale=scale, masked_indices=masked_indices, active=active)
     try:
-        if capture:
-            with injection.capturing():
-                yield injection
-        else:
-            yield injection
+        yield injection
     finally:
         injection.remove()

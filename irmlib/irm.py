@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .files import atomic_path, write_json
+from .atomic import atomic_path, write_json
 
 SITES = ("post_attn", "block_out")
 INITS = ("zero", "paper", "torch")

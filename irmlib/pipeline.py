@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 import os
 import sys
 import threading
@@ -16,7 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .files import repo_root, write_json
+import torch
+
+from .atomic import write_json, write_text
+from .environment import git_state, repo_root
+from .metrics import update_metrics
+from .precision import choose_precision, precision_request
 from .profile import DEFAULT_PROFILE, OVERRIDES_ENV, ProfileError, available_profiles, load_profile, overrides_from_env
 from .runs import is_run_name, notebooks_dir, run_root
 
@@ -52,7 +58,7 @@ def child_peak_rss(interval_s: float = 0.2) -> Iterator[dict]:
     because `getrusage(RUSAGE_CHILDREN)` is a running max over every child this process has
     reaped, so it cannot give a per-notebook figure.
     """
-    import psutil
+    import psutil  # lazy: only the pipeline's memory poll needs it
 
     me = psutil.Process()
     existing = {p.pid for p in me.children(recursive=True)}
@@ -94,9 +100,7 @@ def cell_running_at(executed: Path, when: float) -> dict | None:
     notebook's cells, "line": its first line that is not a comment}. None if no cell spans `when`
     (between cells, or no times recorded). A peak seen by a poll can fall up to one poll interval
     after the cell that reached it ended: then the next cell is named."""
-    from datetime import datetime
-
-    import nbformat
+    import nbformat  # lazy: only reading an executed notebook needs the notebook stack
 
     notebook = nbformat.read(str(executed), as_version=4)
     for index, cell in enumerate(notebook.cells):
@@ -116,6 +120,7 @@ def cell_label(cell: dict) -> str:
 
 def run_notebook(name: str, profile_name: str, out_dir: Path, force: bool = False) -> float | None:
     """Execute one notebook; returns its wall time, or None if it was already done."""
+    # Lazy: papermill takes seconds to import, and only running a notebook needs it.
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -149,9 +154,7 @@ def publish(profile_name: str) -> list[Path]:
     """Copy a run's executed notebooks into notebooks/, without papermill's injected-parameters
     cell, so the committed notebooks carry that run's outputs (papermill's metadata still
     records the profile). Only finished stages are copied."""
-    import nbformat
-
-    from .files import write_text
+    import nbformat  # lazy: see cell_running_at
 
     out_dir = notebooks_dir(load_profile(profile_name))
     published = []
@@ -174,7 +177,7 @@ def publish(profile_name: str) -> list[Path]:
 
 def summary_lines(metrics: dict) -> str:
     """A few headline numbers from metrics.json, for the end of a run (only keys that
-    irmlib.files.METRICS_SCHEMA requires, so every run has them)."""
+    irmlib.metrics.METRICS_SCHEMA requires, so every run has them)."""
     lines = []
     for run, summary in metrics.get("02_train", {}).items():
         lines.append(f"  {run}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f}")
@@ -193,8 +196,6 @@ def run_record(profile, force: bool = False) -> dict:
     """The run these stages belong to: id, commit and clean state, recorded when a run starts
     (`runs/<profile>/run.json`, kept while stages resume; --force starts a new run) and handed to
     the notebooks' kernels through IRM_RUN_*, so every notebook and metrics.json name one run."""
-    from .files import git_state, update_metrics
-
     path = run_root(profile) / "run.json"
     state = git_state()
     if path.exists() and not force:
@@ -203,10 +204,6 @@ def run_record(profile, force: bool = False) -> dict:
             print(f"warning: this run started at commit {record['commit']}, now at {state['commit']}; "
                   f"--force reruns every stage at one commit", file=sys.stderr)
     else:
-        import torch
-
-        from .precision import choose_precision, precision_request
-
         precision = choose_precision("cuda" if torch.cuda.is_available() else "cpu", profile.train.precision)
         record = {"run": time.strftime("%Y%m%dT%H%M%S"), **state, "precision": precision_request(precision),
                   "precision_reason": precision.reason, "profile_overrides": overrides_from_env()}

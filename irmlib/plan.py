@@ -42,6 +42,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .data import DataError, profile_rows
+from .irm import IRMConfig
 from .profile import Profile, profile_and_gpus
 
 GB = 1e9
@@ -158,7 +160,7 @@ def host_shape(spec: str) -> HostShape:
     cached hub id; nothing is downloaded)."""
     if spec in KNOWN_HOSTS:
         return KNOWN_HOSTS[spec]
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: seconds to import, and most hosts are in KNOWN_HOSTS
 
     try:
         config = AutoConfig.from_pretrained(spec, local_files_only=True)
@@ -182,8 +184,6 @@ def irm_parameters(hidden_size: int, n_injected: int, width_factor: int = 3, n_l
 
 def irm_config(profile: Profile, host: HostShape):
     """The IRMConfig the profile's `irm:` section gives on this host."""
-    from .irm import IRMConfig
-
     return IRMConfig(hidden_size=host.hidden_size, n_layers=host.n_layers, **profile.irm)
 
 
@@ -216,8 +216,6 @@ def memory(profile: Profile, host: HostShape, gpus: int = 1, options: Options = 
 
 def rows_per_emotion(profile: Profile) -> tuple[int, int, str]:
     """(train rows, validation rows) of one IRM run (the largest emotion), and where the counts come from."""
-    from .data import DataError, profile_rows
-
     try:
         rows = profile_rows(profile)
     except DataError:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import seaborn as sns
+
+from .atomic import atomic_path
 
 DPI = 150
 
@@ -16,8 +20,6 @@ def setup_style() -> None:
 
 def save_fig(fig: plt.Figure, name: str, figure_dir: str | Path) -> Path:
     """Save `fig` as figure_dir/name.png (150 dpi) atomically and return the path."""
-    from .files import atomic_path
-
     path = Path(figure_dir) / f"{name}.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
@@ -41,8 +43,6 @@ def loss_curves(history, initial_val: dict[str, float] | None = None, smooth: in
     history: long DataFrame with columns run, step, lm_loss, val_loss; initial_val: run -> loss
     before the first step. The legend sits outside the axes.
     """
-    import pandas as pd
-
     history = history.copy()
     history["train (rolling mean)"] = history.groupby("run").lm_loss.transform(lambda s: s.rolling(smooth, min_periods=1).mean())
     val = history.dropna(subset=["val_loss"])[["run", "step", "val_loss"]]
@@ -58,26 +58,41 @@ def loss_curves(history, initial_val: dict[str, float] | None = None, smooth: in
     return fig
 
 
-def tradeoff(sweep) -> plt.Figure:
-    """Target-emotion probability against base-host perplexity as the IRM's scale alpha grows.
+def tradeoff(table) -> plt.Figure:
+    """Alignment and fluency as the IRM's scale alpha grows, every alpha of the sweep on the x axis:
+    the mean judge probability of the target emotion (left) and the median perplexity under the
+    base host (right, log scale). An alpha at which no generation had two words has no score: it
+    is drawn as an open marker on the axis and named in the legend, never dropped.
 
-    sweep: rows with emotion, alpha, p_target, perplexity (one per generation).
+    table: one row per (emotion, alpha) with p_target, median_perplexity and scored (studies.generations.alpha_table).
     """
-    points = sweep.groupby(["emotion", "alpha"]).agg(p_target=("p_target", "mean"), perplexity=("perplexity", "median")).reset_index()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=points, x="perplexity", y="p_target", hue="emotion", marker="o", sort=False, ax=ax)
-    for row in points.itertuples():
-        ax.annotate(f"{row.alpha:g}", (row.perplexity, row.p_target), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set(xlabel="median perplexity under the base host (log scale)", ylabel="mean judge probability of the target emotion",
-           title="Alignment against fluency as alpha grows (labels: alpha)")
+    table = table.reset_index()
+    alphas = sorted(table.alpha.unique())
+    positions = {alpha: i for i, alpha in enumerate(alphas)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    palette = dict(zip(table.emotion.unique(), sns.color_palette(n_colors=table.emotion.nunique())))
+    for emotion, group in table.groupby("emotion", sort=False):
+        x = group.alpha.map(positions).to_numpy()
+        for ax, column in zip(axes, ("p_target", "median_perplexity")):
+            y = group[column].to_numpy(dtype=float)
+            ax.plot(x, y, marker="o", color=palette[emotion], label=emotion)
+            empty = np.isnan(y)
+            if empty.any():
+                ax.scatter(x[empty], np.zeros(empty.sum()) if column == "p_target" else np.ones(empty.sum()),
+                           marker="x", color=palette[emotion], s=50, clip_on=False,
+                           label=f"{emotion}: no scored text at alpha " + ", ".join(f"{a:g}" for a in group.alpha[empty]))
+    for ax in axes:
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_xlabel("alpha (scale of the IRM's output; 0 = base host)")
+    axes[0].set(ylabel="mean judge probability of the target (0-1)", ylim=(0, 1), title="Alignment")
+    axes[1].set(ylabel="median perplexity under the base host", yscale="log", title="Fluency (lower is more fluent)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, title="emotion")
+    fig.tight_layout()
     return fig
 
 
 def alignment_bars(summary) -> plt.Figure:
     """Target-emotion probability, base vs IRM, per emotion, with 95% intervals (greedy)."""
-    import numpy as np
-
     greedy = summary[summary["mode"] == "greedy"]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     x = np.arange(len(greedy))
@@ -101,8 +116,6 @@ def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoo
     by size); else each row on its own (the pattern of a run whose outputs are much smaller stays
     visible), with its own colour bar. A scale ends at the 99.9th percentile of |value|.
     """
-    import numpy as np
-
     names = list(matrices)
     scales = {name: float(np.percentile(np.abs(m), 99.9)) or 1.0 for name, m in matrices.items()}
     if shared_scale:
@@ -134,7 +147,8 @@ def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoo
 
 
 def metric_curves(tracking) -> plt.Figure:
-    """Striation metrics against training step, one line per run, coloured by arm.
+    """Striation metrics against training step, one line per run: the colour names the run, the
+    line style its arm, so runs of one arm stay apart.
 
     tracking: long DataFrame with columns step, run, arm, index_share, layer_share, vertical_continuity.
     """
@@ -142,10 +156,10 @@ def metric_curves(tracking) -> plt.Figure:
                ("vertical_continuity", "vertical continuity (share of layers)")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(15, 3.8), sharex=True)
     for ax, (column, label) in zip(axes, metrics):
-        sns.lineplot(data=tracking, x="step", y=column, hue="arm", units="run", estimator=None, ax=ax, lw=1.2,
+        sns.lineplot(data=tracking, x="step", y=column, hue="run", style="arm", units="run", estimator=None, ax=ax, lw=1.2,
                      legend=ax is axes[-1])
         ax.set(xlabel="training step", ylabel=label, ylim=(0, 1))
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="arm")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="run, arm", fontsize=7)
     fig.tight_layout()
     return fig
 

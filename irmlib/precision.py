@@ -70,7 +70,6 @@ class Precision:
 
     host_dtype: the frozen host's weights. autocast_dtype: None, or the dtype that matrix products
     of the host's and the IRM's forward (and so their backward) run in under torch.autocast.
-    irm_dtype: the IRM's master weights, gradients and optimizer state (always float32).
     """
 
     name: str  # e.g. "cpu-float32", "cpu-bf16-autocast", "cuda-bfloat16", "cuda-float16-host"
@@ -78,7 +77,6 @@ class Precision:
     host_dtype: torch.dtype
     autocast_dtype: torch.dtype | None
     reason: str
-    irm_dtype: torch.dtype = torch.float32
     details: dict = field(default_factory=dict, compare=False)  # what the decision read: flags, probe, capability
 
     def as_dict(self) -> dict:
@@ -87,7 +85,7 @@ class Precision:
             return None if dtype is None else str(dtype).removeprefix("torch.")
 
         return {"name": self.name, "device_type": self.device_type, "host_dtype": dtype_name(self.host_dtype),
-                "autocast_dtype": dtype_name(self.autocast_dtype), "irm_dtype": dtype_name(self.irm_dtype),
+                "autocast_dtype": dtype_name(self.autocast_dtype),
                 "reason": self.reason, "details": dict(self.details)}
 
 
@@ -308,7 +306,7 @@ def sdpa_float32_under_autocast(module, query, key, value, attention_mask, **kwa
     rotary embedding leaves queries and keys float32, values come bf16 from their projection); the
     output [batch, tokens, heads, head_dim] is returned in autocast's dtype, as autocast's SDPA
     would return it. Outside autocast, transformers' SDPA attention unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # lazy: see below
 
     device_type = query.device.type
     if not torch.is_autocast_enabled(device_type):
@@ -321,6 +319,8 @@ def sdpa_float32_under_autocast(module, query, key, value, attention_mask, **kwa
 def attention_in_float32_under_autocast(model) -> None:
     """Switch a transformers model that uses SDPA attention to `FLOAT32_ATTENTION` (no change
     outside autocast); models with another attention implementation are left as they are."""
+    # Lazy: transformers takes seconds to import; this module is read by the pipeline and the
+    # planner, which load no model.
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 

@@ -6,14 +6,17 @@ colab: a hub SmolLM2 on a Colab GPU; paper: Llama-2-7b-chat on SQuAD-derived dat
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
-from .files import repo_root
+from .environment import repo_root
 from .irm import IRM_FIELDS, IRMConfig
+from .prompts import PROMPT_FORMATS
 from .runs import run_name
 from .train import TrainConfig
 
@@ -23,6 +26,40 @@ DEFAULT_PROFILE = "cpu"
 
 class ProfileError(ValueError):
     """An unknown profile or field; the message lists the valid ones."""
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The `analysis:` section: what the notebooks measure and the thresholds their claims are
+    judged by (irmlib.studies), so no notebook holds a number of its own."""
+
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)  # 03: IRM output scales of the trade-off (0: the base host)
+    capture_new_tokens: int = 10  # 04-06: greedy tokens captured after each prompt (the paper averaged over the first ones)
+    nudge_sizes: tuple[float, ...] = (1.0, 4.0, 16.0)  # 05: nudges along one index, in RMS of the final hidden state
+    nudge_generation_size: float = 4.0  # 05: the nudge the generations are scored at
+    random_controls: int = 3  # 05: random indices probed beside the dominant one
+    probe_texts: int = 16  # 02, 06: validation texts the striation tracker and host-side probes read
+    gradient_batches: int = 4  # 06: batches of the gradient-sign prediction
+    top_k: int = 5  # 04-06: top-k agreement and vertical continuity
+    min_scored_texts: int = 10  # 03, 05, 06: a tone verdict needs at least this many texts of two words or more
+    tone_separability_over_chance: float = 2.0  # 01 claim 1: bag-of-words accuracy over this multiple of chance
+    length_tolerance: float = 1.25  # 01 claim 2: the longest tone's mean length within this factor of the shortest's
+    precision_tolerance: float = 0.01  # 02: float32 twin's best validation loss within this relative difference
+    striated_share_ratio: float = 2.0  # 04-06: a run is striated when its index share is this multiple of its layer share
+    shared_index_agreement: float = 0.5  # 06 claim 1: top-1 agreement an arm needs to share one index
+    nearly_every_layer: float = 0.8  # 04 claim 2: vertical continuity that counts as "nearly every layer"
+
+    def __post_init__(self):
+        for key in ("alphas", "nudge_sizes"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, tuple(value))
+            if not getattr(self, key) or any(not isinstance(v, (int, float)) or v < 0 for v in getattr(self, key)):
+                raise ValueError(f"analysis.{key} must be a non-empty list of non-negative numbers, got {value!r}.")
+        for key in ("capture_new_tokens", "random_controls", "probe_texts", "gradient_batches", "top_k", "min_scored_texts"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"analysis.{key} must be a positive integer, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +84,7 @@ class Profile:
     squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
     squad_source: str | None = None  # a local SQuAD-format JSON file; None: the hub's rajpurkar/squad_v2
     mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # the `analysis:` section
 
     def __post_init__(self):
         for key in ("emotions", "seeds", "retrain_emotions", "precision_check"):
@@ -72,17 +110,13 @@ class Profile:
         return self.train.irm
 
     @property
-    def run_dir(self) -> Path:
-        return repo_root() / "runs" / self.name
-
-    @property
     def figure_dir(self) -> Path:
         return repo_root() / "figures" / self.name
 
     def knobs(self) -> dict:
         """Every knob by its name, the IRM's defaults filled in: {"lr": 1e-4, "init": "zero", ...}."""
         irm_defaults = {f.name: f.default for f in fields(IRMConfig) if f.name in IRM_FIELDS}
-        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
+        top = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "analysis")}
         train = {f.name: getattr(self.train, f.name) for f in fields(self.train) if f.name != "irm"}
         return {**top, **train, **irm_defaults, **self.irm}
 
@@ -93,10 +127,13 @@ class Profile:
         return {key: (value, other[key]) for key, value in mine.items() if key not in ("name", "mechanism") and value != other[key]}
 
 
-DATA_SOURCES, PROMPT_FORMATS, LOSS_ON = ("curated", "squad"), ("chat", "plain"), ("answer", "all")
-PROFILE_FIELDS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "train"))
+DATA_SOURCES, LOSS_ON = ("curated", "squad"), ("answer", "all")
+PROFILE_FIELDS = tuple(f.name for f in fields(Profile) if f.name not in ("name", "train", "analysis"))
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "irm")
-SECTIONS = {"train": TRAIN_FIELDS, "irm": IRM_FIELDS}
+ANALYSIS_FIELDS = tuple(f.name for f in fields(AnalysisConfig))
+SECTIONS = {"train": TRAIN_FIELDS, "irm": IRM_FIELDS, "analysis": ANALYSIS_FIELDS}
+# A profile file may name the profile it extends: its fields are read first, this file's on top.
+EXTENDS = "extends"
 
 
 def available_profiles() -> list[str]:
@@ -108,10 +145,11 @@ def profile_from_env(default: str = DEFAULT_PROFILE) -> str:
     return os.environ.get("IRM_PROFILE", default)
 
 
-def _route(overrides: dict, name: str) -> tuple[dict, dict, dict]:
-    """Split overrides into (profile, train, irm) fields: a section (`train: {...}`, `irm: {...}`)
-    or a field named directly, which goes to the one section that has it."""
-    parts: dict[str, dict] = {"profile": {}, "train": {}, "irm": {}}
+def _route(overrides: dict, name: str) -> dict[str, dict]:
+    """Split overrides into profile, train, irm and analysis fields: a section (`train: {...}`,
+    `irm: {...}`, `analysis: {...}`) or a field named directly, which goes to the one section
+    that has it."""
+    parts: dict[str, dict] = {"profile": {}, "train": {}, "irm": {}, "analysis": {}}
     unknown = []
     for key, value in overrides.items():
         if key in SECTIONS:
@@ -121,24 +159,26 @@ def _route(overrides: dict, name: str) -> tuple[dict, dict, dict]:
             parts[key].update(value)
         elif key in PROFILE_FIELDS:
             parts["profile"][key] = value
-        elif key in TRAIN_FIELDS or key in IRM_FIELDS:
-            parts["train" if key in TRAIN_FIELDS else "irm"][key] = value
+        elif section := next((s for s, names in SECTIONS.items() if key in names), None):
+            parts[section][key] = value
         else:
             unknown.append(key)
     if unknown:
-        valid = sorted(PROFILE_FIELDS + TRAIN_FIELDS + IRM_FIELDS)
+        valid = sorted(PROFILE_FIELDS + TRAIN_FIELDS + IRM_FIELDS + ANALYSIS_FIELDS)
         raise ProfileError(f"Unknown profile field(s) {sorted(unknown)} in profile '{name}'. Valid fields: {', '.join(valid)} "
-                           "(train and IRM fields may also be given in `train:` and `irm:` sections).")
-    return parts["profile"], parts["train"], parts["irm"]
+                           "(train, IRM and analysis fields may also be given in `train:`, `irm:` and `analysis:` sections).")
+    return parts
 
 
 def with_overrides(profile: Profile, overrides: dict) -> Profile:
-    """`profile` with `overrides` applied (a field by its name, or `train:` / `irm:` sections),
-    checked by the one validator of each part: Profile, TrainConfig, IRM_FIELDS."""
-    top, train, irm = _route(overrides, profile.name)
+    """`profile` with `overrides` applied (a field by its name, or `train:` / `irm:` / `analysis:`
+    sections), checked by the one validator of each part: Profile, TrainConfig, IRM_FIELDS,
+    AnalysisConfig."""
+    parts = _route(overrides, profile.name)
     try:
-        config = replace(profile.train, **train, irm={**profile.train.irm, **irm})
-        return replace(profile, **top, train=config)
+        config = replace(profile.train, **parts["train"], irm={**profile.train.irm, **parts["irm"]})
+        analysis = replace(profile.analysis, **parts["analysis"])
+        return replace(profile, **parts["profile"], train=config, analysis=analysis)
     except (TypeError, ValueError) as err:
         raise ProfileError(f"Profile '{profile.name}': {err}") from err
 
@@ -150,8 +190,6 @@ def overrides_from_env() -> dict:
     """Field overrides from `IRM_PROFILE_OVERRIDES` (a JSON object), applied to every profile a
     process and its notebook kernels load: how a whole pipeline runs a profile on another host or
     data source (tests/test_paper_dry_run.py runs the paper profile on a tiny Llama this way)."""
-    import json
-
     text = os.environ.get(OVERRIDES_ENV, "").strip()
     if not text:
         return {}
@@ -164,25 +202,38 @@ def overrides_from_env() -> dict:
     return overrides
 
 
+def profile_files(name: str) -> list[dict]:
+    """The field mappings of a profile file and of every file it extends, the furthest first."""
+    chain: list[dict] = []
+    while name is not None:
+        path = PROFILE_DIR / f"{name}.yaml"
+        if not path.exists():
+            raise ProfileError(f"Unknown profile '{name}'. Available profiles: {', '.join(available_profiles())}.")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
+        values = dict(values)
+        name = values.pop(EXTENDS, None)
+        if name is not None and (not isinstance(name, str) or name in {c.get("_name") for c in chain} or name == path.stem):
+            raise ProfileError(f"Profile file {path}: '{EXTENDS}: {name}' must name another profile, without a cycle.")
+        chain.insert(0, {**values, "_name": path.stem})
+    return [{k: v for k, v in values.items() if k != "_name"} for values in chain]
+
+
 def load_profile(name: str | None = None, **overrides) -> Profile:
     """Read a profile by name, then apply the overrides of `IRM_PROFILE_OVERRIDES`, then these field
     overrides (e.g. papermill parameters; None: not given)."""
     name = name or profile_from_env()
-    path = PROFILE_DIR / f"{name}.yaml"
-    if not path.exists():
-        raise ProfileError(f"Unknown profile '{name}'. Available profiles: {', '.join(available_profiles())}.")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
-    profile = with_overrides(with_overrides(Profile(name=name), values), overrides_from_env())
+    profile = Profile(name=name)
+    for values in profile_files(name):
+        profile = with_overrides(profile, values)
+    profile = with_overrides(profile, overrides_from_env())
     return with_overrides(profile, {k: v for k, v in overrides.items() if v is not None})
 
 
 def profile_and_gpus(prog: str, description: str, argv: list[str] | None = None, gpus_help: str = "GPUs under DDP") -> tuple[Profile, int]:
     """The `--profile P --gpus N` command line of `./reproduce.sh plan` and `./reproduce.sh train`:
     the loaded profile and N, with a usage error naming the problem for a bad profile or N < 1."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--profile", default=profile_from_env(), help=f"one of {', '.join(available_profiles())}")
     parser.add_argument("--gpus", type=int, default=1, help=gpus_help)

@@ -73,6 +73,12 @@ def tokenize(tokenizer, questions: list[str], answers: list[str], max_length: in
     return datasets.Dataset.from_list(rows)
 
 
+def decode_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """Each token id as the text it stands for ("barcode" with its leading space, not the
+    byte-level "Ġbarcode"): what every table of tokens shows."""
+    return [tokenizer.decode([token]) for token in ids]
+
+
 def make_collate(pad_token_id: int):
     """Right-pad a list of tokenised rows into `input_ids`, `attention_mask`, `labels` [batch, tokens]."""
 

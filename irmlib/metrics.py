@@ -1,0 +1,57 @@
+"""figures/<profile>/metrics.json: the numbers behind every notebook, one section per notebook
+part, each checked against METRICS_SCHEMA before it is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .atomic import write_json
+
+# The sections of figures/<profile>/metrics.json, one per notebook part (and the run record), with
+# the keys that the pipeline's end-of-run summary (irmlib.pipeline.summary_lines) and README's
+# findings read: for a section, the keys it must hold; for "each run" sections ({run name: values}),
+# the keys every run's values must hold; for row lists, the keys of every row.
+METRICS_SCHEMA: dict[str, dict] = {
+    "run": {"keys": ("run", "commit", "clean", "precision")},
+    "01_data": {"keys": ("questions", "mean_words", "tone_classifier_accuracy", "judge_length_check")},
+    "02_train": {"each run": ("initial_val_loss", "best_val_loss", "steps")},
+    "02_precision_check": {"each run": ("relative_difference", "dominant_index", "dominant_index float32")},
+    "03_generations": {"keys": ("judge_cv_accuracy", "prompts", "per_emotion", "alpha_sweep"),
+                       "rows": {"per_emotion": ("emotion", "mode", "p_target_base", "p_target_irm", "p_target_change",
+                                                "p_target_change_low", "p_target_change_high", "verdict", "perplexity_ratio")}},
+    "04_vertical_continuity": {"keys": ("runs", "shared_dominant_index", "host_massive_index", "index_share_mean",
+                                        "layer_share_mean", "vertical_continuity_mean", "steering")},
+    "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "training_ablation", "nudge_kl", "logit_spread_ranks")},
+    "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "host_side")},
+}
+
+
+class MetricsSchemaError(ValueError):
+    """A metrics section or key that METRICS_SCHEMA does not have, or a key it requires missing."""
+
+
+def check_metrics(section: str, values: dict) -> None:
+    """Raise MetricsSchemaError unless `values` holds what METRICS_SCHEMA requires of `section`."""
+    schema = METRICS_SCHEMA.get(section)
+    if schema is None:
+        raise MetricsSchemaError(f"Unknown metrics section '{section}'; known: {', '.join(METRICS_SCHEMA)}. "
+                                 f"Add it to irmlib.metrics.METRICS_SCHEMA with the keys readers rely on.")
+    problems = [f"'{key}'" for key in schema.get("keys", ()) if key not in values]
+    problems += [f"'{key}' of run '{run}'" for run, run_values in values.items() for key in schema.get("each run", ())
+                 if key not in run_values]
+    problems += [f"'{key}' of a '{rows}' row" for rows, keys in schema.get("rows", {}).items() for row in values.get(rows, [])
+                 for key in keys if key not in row]
+    if problems:
+        raise MetricsSchemaError(f"Metrics section '{section}' lacks {', '.join(dict.fromkeys(problems))} "
+                                 f"(irmlib.metrics.METRICS_SCHEMA); compute them before writing the section.")
+
+
+def update_metrics(path: str | Path, section: str, values: dict) -> None:
+    """Merge `values` under `section` of a metrics JSON file, atomically, after checking them
+    against METRICS_SCHEMA."""
+    check_metrics(section, values)
+    path = Path(path)
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[section] = values
+    write_json(path, metrics)

@@ -1,0 +1,153 @@
+"""Notebook 01's study: statistics of the data sets that notebook 01 and data/README.md (the
+datasheet) show, and its claims.
+
+Counts by split, openings (how varied the rewrites begin), distinctive words per tone, how well a
+bag-of-words classifier tells the tones apart, length-matched subsets, and whether the emotion
+judge reads length rather than tone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_selection import chi2
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.tree import DecisionTreeClassifier
+
+from ..claims import Claim, verdict
+from ..data import EMOTIONS, SPLITS
+from ..judge import EmotionJudge
+from ..scoring import mean_ci
+
+
+def normalise(text: str) -> str:
+    """Lower-case words only, for comparing texts whatever their punctuation."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def opening(text: str, words: int = 3) -> str:
+    """The first `words` words of a text, normalised."""
+    return " ".join(normalise(text).split()[:words])
+
+
+def opening_shares(texts: list[str], words: int = 3) -> list[tuple[str, float]]:
+    """Each opening with the share of texts that start with it, most common first."""
+    counts = Counter(opening(t, words) for t in texts)
+    return [(o, n / len(texts)) for o, n in counts.most_common()]
+
+
+def distinctive_words(texts: list[str], labels: list[str], top: int = 10) -> dict[str, list[str]]:
+    """For each label, the words most over-represented in its texts (chi-squared, one vs rest)."""
+    vectorizer = CountVectorizer(stop_words="english", min_df=3, binary=True)
+    counts = vectorizer.fit_transform(texts)
+    vocabulary = vectorizer.get_feature_names_out()
+    result = {}
+    for label in sorted(set(labels)):
+        is_label = [l == label for l in labels]
+        scores, _ = chi2(counts, is_label)
+        in_label = counts[is_label].mean(axis=0).A1
+        elsewhere = counts[[not x for x in is_label]].mean(axis=0).A1
+        ranked = [i for i in scores.argsort()[::-1] if in_label[i] > elsewhere[i]]
+        result[label] = [str(vocabulary[i]) for i in ranked[:top]]
+    return result
+
+
+def tone_separability(texts: list[str], labels: list[str], folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a bag-of-words classifier telling the labels apart."""
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, texts, labels, cv=cv).mean())
+
+
+def count_table(rows: list[dict], label: str) -> str:
+    """A Markdown table of row counts: `label` values by split (the datasheet shows these)."""
+    counts = Counter((row[label], row["split"]) for row in rows)
+    values = [v for v in EMOTIONS if any(k[0] == v for k in counts)]
+    lines = [f"| {label} | " + " | ".join(SPLITS) + " | total |", "| --- |" + " ---: |" * (len(SPLITS) + 1)]
+    for value in values:
+        cells = [counts[(value, split)] for split in SPLITS]
+        lines.append(f"| {value} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
+    return "\n".join(lines)
+
+
+def length_matched(labels: list[str], words: list[int], seed: int = 0) -> np.ndarray:
+    """Indices of a subset in which every label has the same number of texts at every word count:
+    at each count, as many texts of each label as the rarest label has there, drawn at random
+    (`seed`). Word count then says nothing about the label. Returns sorted indices [n_matched]."""
+    rng = np.random.default_rng(seed)
+    labels, words = np.asarray(labels), np.asarray(words)
+    chosen = []
+    for count in np.unique(words):
+        at_count = {label: np.flatnonzero((words == count) & (labels == label)) for label in np.unique(labels)}
+        n = min(len(indices) for indices in at_count.values())
+        chosen += [rng.choice(indices, n, replace=False) for indices in at_count.values() if n]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+
+def length_only_accuracy(labels: list[str], words: list[int], folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a classifier that sees only the word count (a decision tree,
+    so any pattern of lengths per label counts, not just "shorter" vs "longer"); NaN where a label
+    has fewer texts than `folds`."""
+    if min(Counter(labels).values(), default=0) < folds:
+        return float("nan")
+    features = np.asarray(words, dtype=float).reshape(-1, 1)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(DecisionTreeClassifier(min_samples_leaf=5, random_state=seed), features, labels, cv=cv).mean())
+
+
+def judge_length_check(judge: EmotionJudge, texts: list[str], labels: list[str], seed: int = 0) -> dict:
+    """Whether the judge reads length rather than tone, on texts it was not trained on.
+
+    The judge's accuracy (argmax label) on every text whose label it knows, and on a length-matched
+    subset (length_matched: each label equally often at every word count), each
+    with a 95% interval; beside them, a classifier that sees only the word count, on both sets (on
+    the matched subset it is at chance by construction, which shows the matching worked).
+    `leans_on_length` is True where the matched accuracy's interval lies wholly below the
+    accuracy on every text.
+    """
+    known = [i for i, label in enumerate(labels) if label in judge.labels]
+    texts, labels = [texts[i] for i in known], [labels[i] for i in known]
+    words = [len(text.split()) for text in texts]
+    # A text too short to score (no probability) counts as a wrong answer.
+    predicted = judge.probabilities(texts).fillna(-1.0).idxmax(axis=1).to_numpy()
+    correct = (predicted == np.asarray(labels)).astype(float)
+    matched = length_matched(labels, words, seed)
+    accuracy, low, high = mean_ci(correct)
+    matched_accuracy, matched_low, matched_high = mean_ci(correct[matched])
+    return {
+        "texts": len(texts), "labels": sorted(set(labels)), "chance": 1 / len(set(labels)),
+        "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high,
+        "matched_texts": int(len(matched)),
+        "matched_accuracy": matched_accuracy, "matched_accuracy_low": matched_low, "matched_accuracy_high": matched_high,
+        "length_only_accuracy": length_only_accuracy(labels, words, seed=seed),
+        "matched_length_only_accuracy": length_only_accuracy([labels[i] for i in matched], [words[i] for i in matched], seed=seed),
+        "leans_on_length": bool(matched_high < accuracy),
+    }
+
+
+def claims(separability: float, chance: float, mean_words: dict[str, float], length_check: dict, analysis) -> list[Claim]:
+    """Notebook 01's three claims: (1) the tones differ in wording (a bag-of-words classifier's
+    accuracy over `analysis.tone_separability_over_chance` x chance); (2) the tones' mean lengths
+    lie within `analysis.length_tolerance` of each other; (3) the judge reads tone, not length
+    (`judge_length_check`'s leans_on_length is False)."""
+    shortest, longest = min(mean_words, key=mean_words.get), max(mean_words, key=mean_words.get)
+    ratio = mean_words[longest] / mean_words[shortest]
+    c = length_check
+    return [
+        Claim("1", "Tones differ in wording", verdict(separability > analysis.tone_separability_over_chance * chance),
+              f"A bag-of-words classifier tells them apart with {separability:.1%} accuracy (chance {chance:.0%}; "
+              f"the claim needs more than {analysis.tone_separability_over_chance:g}x chance)."),
+        Claim("2", f"Lengths comparable (within {analysis.length_tolerance - 1:.0%})", verdict(ratio <= analysis.length_tolerance),
+              "Mean rewrite length " + ", ".join(f"{e} {w:.1f}" for e, w in mean_words.items())
+              + f" words: {longest} rewrites are {ratio:.2f}x as long as {shortest} ones."),
+        Claim("3", "The judge reads tone, not length", verdict(not c["leans_on_length"]),
+              f"Its accuracy is {c['accuracy']:.2f} [{c['accuracy_low']:.2f}, {c['accuracy_high']:.2f}] on all {c['texts']} rewrites "
+              f"and {c['matched_accuracy']:.2f} [{c['matched_accuracy_low']:.2f}, {c['matched_accuracy_high']:.2f}] on "
+              f"{c['matched_texts']} length-matched ones (chance {c['chance']:.2f}); word count alone gives "
+              f"{c['length_only_accuracy']:.2f} on all and {c['matched_length_only_accuracy']:.2f} on the matched set."),
+    ]

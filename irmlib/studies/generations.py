@@ -1,0 +1,141 @@
+"""Notebook 03's study: do the IRMs' generations take on the target emotion, and at what cost in
+fluency. Per emotion, the paired change of the judge's target probability (IRM minus base host
+on the same prompt), per seed where the seeds disagree, beside text_quality; the alpha sweep of
+the trade-off; and the notebook's claims."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..claims import Claim, NOT_TESTED, fmt, verdict
+from ..host import Host
+from ..judge import EmotionJudge
+from ..runs import is_run_of, parse_run_name
+from ..scoring import change_verdict, generation_table, mean_ci, paired_change, score_generations, text_quality
+
+
+def target_change(rows: pd.DataFrame, base: pd.DataFrame, emotion: str, min_scored: int) -> dict:
+    """The paired change of p(`emotion`) in `rows` against the base host's on the same prompts:
+    mean, 95% interval, the number of scored texts (two words or more) and the verdict."""
+    column = f"p_{emotion}"
+    mean, low, high = paired_change(rows, base, column)
+    scored = int(rows[column].notna().sum())
+    return {"p_target_change": mean, "p_target_change_low": low, "p_target_change_high": high, "scored": scored,
+            "verdict": change_verdict(low, high, scored, min_scored)}
+
+
+def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int) -> pd.DataFrame:
+    """Per target emotion and mode: the target-emotion probability of base and IRM generations
+    (mean and 95% interval over scored prompts, and seeds for the IRM), the paired change and its
+    verdict (`change_verdict`, "not tested" under `min_scored` scored texts), the verdict of each
+    seed alone (`verdict_per_seed`, "seed 0: raised; seed 1: ..."; `seeds_agree` False where they
+    differ), the share of IRM texts too short to score, median perplexity under the base host of
+    both and their ratio (`perplexity_ratio` = median IRM / median base, the one perplexity
+    statistic), mean distinct-2, and `text` (text_quality: fluent or degenerate).
+
+    scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
+    `perplexity`, `distinct_2`, `too_short`.
+    """
+    records = []
+    for emotion in emotions:
+        for mode, part in scored.groupby("mode"):
+            base = part[part.model == "base"]
+            irm = part[[is_run_of(model, emotion) for model in part.model]]
+            record = {"emotion": emotion, "mode": mode}
+            for who, frame in (("base", base), ("irm", irm)):
+                mean, low, high = mean_ci(frame[f"p_{emotion}"])
+                record |= {f"p_target_{who}": mean, f"p_target_{who}_low": low, f"p_target_{who}_high": high,
+                           f"median_perplexity_{who}": float(frame.perplexity.median()), f"distinct_2_{who}": float(frame.distinct_2.mean())}
+            record |= target_change(irm, base, emotion, min_scored)
+            seeds = {seed: target_change(group, base, emotion, min_scored)["verdict"]
+                     for seed, group in irm.groupby(irm.model.map(lambda m: parse_run_name(m).seed))}
+            record |= {"verdict_per_seed": "; ".join(f"seed {seed}: {v}" for seed, v in seeds.items()),
+                       "seeds_agree": len(set(seeds.values())) <= 1,
+                       "too_short_irm": float(irm.too_short.mean()) if len(irm) else float("nan"),
+                       "perplexity_ratio": record["median_perplexity_irm"] / record["median_perplexity_base"],
+                       "text": text_quality(irm.distinct_2, base.distinct_2, irm.perplexity, base.perplexity), "n_irm": len(irm)}
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def alpha_sweep(host: Host, judge: EmotionJudge, irms: dict, questions: list[str], alphas: tuple[float, ...],
+                prompt_format: str, max_new_tokens: int) -> pd.DataFrame:
+    """Greedy generations with each IRM scaled by each alpha (0 = the base host), scored.
+
+    irms: {emotion: IRM}. Returns one row per (emotion, alpha, question) with `p_target`,
+    `perplexity` (under the base host) and `distinct_2`.
+    """
+    frames = []
+    for emotion, irm in irms.items():
+        for alpha in alphas:
+            table = generation_table(host, {emotion: irm}, questions, prompt_format, max_new_tokens, modes=("greedy",), scale=alpha)
+            scored = score_generations(host, judge, table, prompt_format)
+            frames.append(scored.assign(emotion=emotion, alpha=alpha, p_target=scored[f"p_{emotion}"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def alpha_table(sweep: pd.DataFrame, min_scored: int) -> pd.DataFrame:
+    """The alpha sweep per (emotion, alpha), every alpha kept: mean p_target over scored texts
+    (NaN where none was scored), `scored` (texts of two words or more), `too_short` (their share
+    under two words), median perplexity (NaN where every text was empty), mean distinct-2, and
+    `enough` (at least `min_scored` scored texts)."""
+    table = sweep.groupby(["emotion", "alpha"], sort=False).agg(
+        p_target=("p_target", "mean"), scored=("p_target", "count"), too_short=("too_short", "mean"),
+        median_perplexity=("perplexity", "median"), distinct_2=("distinct_2", "mean"))
+    table["enough"] = table.scored >= min_scored
+    return table
+
+
+def alpha_ends(table: pd.DataFrame) -> pd.DataFrame:
+    """Per emotion, the sweep at its smallest and largest alpha, read at those alphas (an empty
+    largest alpha shows as NaN with scored 0, never replaced by an earlier alpha), and the
+    largest alpha with enough scored texts."""
+    rows = {}
+    for emotion, group in table.groupby(level="emotion", sort=False):
+        group = group.droplevel("emotion").sort_index()
+        first, last = group.iloc[0], group.iloc[-1]
+        usable = group[group.enough]
+        rows[emotion] = {"alpha_first": group.index[0], "p_target_first": first.p_target, "median_perplexity_first": first.median_perplexity,
+                         "alpha_last": group.index[-1], "p_target_last": last.p_target, "median_perplexity_last": last.median_perplexity,
+                         "scored_last": int(last.scored), "largest_scored_alpha": usable.index.max() if len(usable) else float("nan")}
+    return pd.DataFrame(rows).T
+
+
+def side_by_side(generations: pd.DataFrame, index: str, columns: str, order: list | None = None, width: int = 80) -> pd.DataFrame:
+    """Generated texts as a compact table: one row per `index` value (e.g. question), one column
+    per `columns` value (e.g. model), each text on one line and cut to `width` characters ("…"
+    marks a cut). order: the columns to show, in this order (default: as they first appear)."""
+    def shorten(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    table = generations.assign(text=generations.text.map(shorten)).pivot(index=index, columns=columns, values="text")
+    return table[order if order is not None else list(dict.fromkeys(generations[columns]))]
+
+
+def claims(summary: pd.DataFrame) -> list[Claim]:
+    """Notebook 03's claims, per emotion (greedy generations): (1) the IRM raises the target
+    emotion in fluent text: held where the paired change is "raised" and text_quality "fluent";
+    did not hold where it did not clearly change, was lowered, or came in degenerate text; not
+    tested where too few texts were scored. Seeds that disagree are named. (2) alignment costs
+    fluency, where it was raised: the median perplexity ratio above 1."""
+    found = []
+    greedy = summary[summary["mode"] == "greedy"].set_index("emotion")
+    for emotion, row in greedy.iterrows():
+        if row.verdict.startswith(NOT_TESTED):
+            held = None
+        else:
+            held = row.verdict == "raised" and row.text == "fluent"
+        seeds = "" if row.seeds_agree else f" The seeds differ: {row.verdict_per_seed}."
+        found.append(Claim(f"1, {emotion}", f"The {emotion} IRM raises p({emotion}) in fluent text", verdict(held),
+                           f"p({emotion}) {fmt(row.p_target_base)} (base) -> {fmt(row.p_target_irm)} (IRM), paired change "
+                           f"{fmt(row.p_target_change, signed=True)} [{fmt(row.p_target_change_low, signed=True)}, "
+                           f"{fmt(row.p_target_change_high, signed=True)}] over "
+                           f"{row.scored} scored texts ({row.too_short_irm:.0%} of the IRM's under two words): {row.verdict}; "
+                           f"its text: {row.text}.{seeds}"))
+    raised = greedy[greedy.verdict == "raised"]
+    found.append(Claim("2", "Alignment costs fluency where the tone rose", verdict(None if raised.empty else bool((raised.perplexity_ratio > 1).all())),
+                       "No emotion's target probability rose." if raised.empty else
+                       "Median perplexity under the base host, IRM over base: "
+                       + ", ".join(f"{e} x{r.perplexity_ratio:.2f}" for e, r in raised.iterrows()) + "."))
+    return found

@@ -1,0 +1,262 @@
+"""Each notebook's verdicts come from a tested rule: for every claim, one case where it holds and
+one where it does not (and, where the data cannot tell, "not tested"). No model is loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from irmlib.claims import HELD, NOT_HELD, NOT_TESTED, Claim, claims_table, fmt, plural, verdict
+from irmlib.profile import AnalysisConfig
+from irmlib.residual import host_ranks
+from irmlib.scoring import change_verdict
+from irmlib.striation import is_striated, pooled_importance, shared_dominant_index, striation_metrics
+from irmlib.studies import data_sheet, generations, lm_head, mechanism, training, vertical_continuity
+
+ANALYSIS = AnalysisConfig()
+
+
+def by_number(claims: list[Claim]) -> dict[str, str]:
+    return {c.number: c.verdict for c in claims}
+
+
+def striped(index: int, layers: int = 6, hidden: int = 32, height: float = 5.0, seed: int = 0) -> np.ndarray:
+    """A [layers, hidden] magnitude matrix with one column `index` large in every layer."""
+    m = np.random.default_rng(seed).uniform(0.0, 1.0, (layers, hidden))
+    m[:, index] += height
+    return m
+
+
+def layered(layers: int = 6, hidden: int = 32, seed: int = 0) -> np.ndarray:
+    """A matrix whose rows differ (one layer large), no column standing out."""
+    m = np.random.default_rng(seed).uniform(0.0, 1.0, (layers, hidden))
+    m[2] += 5.0
+    return m
+
+
+# ----- the vocabulary -----
+
+def test_verdict_words_and_claim_rendering():
+    assert (verdict(True), verdict(False), verdict(None)) == (HELD, NOT_HELD, NOT_TESTED)
+    claim = Claim("1", "Something", HELD, "Because 0.5.")
+    assert str(claim) == "(1) Something: held. Because 0.5."
+    with pytest.raises(ValueError):
+        Claim("1", "x", "maybe", "")
+    assert claims_table([claim]).loc["1", "verdict"] == HELD
+    assert plural(1, "run") == "1 run" and plural(2, "run") == "2 runs" and plural(3, "index", "indices") == "3 indices"
+    assert fmt(float("nan")) == "n/a" and fmt(0.1234) == "0.12"
+
+
+def test_change_verdict_needs_enough_scored_texts():
+    assert change_verdict(0.1, 0.3) == "raised" and change_verdict(-0.3, -0.1) == "lowered"
+    assert change_verdict(-0.1, 0.1) == "did not clearly change"
+    assert change_verdict(0.1, 0.3, scored=3, min_scored=10).startswith(NOT_TESTED)
+    assert change_verdict(float("nan"), float("nan")).startswith(NOT_TESTED)
+
+
+# ----- striation rules behind 04-06 -----
+
+def test_shared_index_needs_agreement_and_pooling_weighs_runs_alike():
+    a, b, c = striped(3), striped(3, seed=1), striped(7, seed=2)
+    assert shared_dominant_index({"a": a, "b": b, "c": c}) == 3
+    assert shared_dominant_index({"a": a, "c": c}) is None, "two runs with different dominant indices share none"
+    assert shared_dominant_index({"c": c}) == 7, "a single run's is its own"
+    huge = striped(9, seed=3) * 1e6  # as striated as the others, a million times larger
+    pooled = pooled_importance([a, b, huge])
+    assert np.argmax(pooled) == 3, "one run's huge outputs do not outweigh two runs"
+    assert np.argmax(sum(m.mean(0) for m in (a, b, huge))) == 9, "unnormalised summing would pick the huge run's index"
+
+
+def test_is_striated_reads_index_share_against_layer_share():
+    assert is_striated(striation_metrics(striped(4)), 2.0)
+    assert not is_striated(striation_metrics(layered()), 2.0)
+
+
+def test_host_ranks_name_their_direction():
+    table = pd.DataFrame({"massive_ratio_max": [1.0, 50.0, 2.0], "layer_norm_gain": [0.5, 0.01, 1.0],
+                          "final_norm_gain": [0.3, 0.02, 0.9], "lm_head_column_norm": [1.0, 2.0, 3.0]})
+    ranks = host_ranks(table, 1)
+    assert ranks == {"rank_largest_massive_ratio_max": 1, "rank_smallest_layer_norm_gain": 1,
+                     "rank_smallest_final_norm_gain": 1, "rank_largest_lm_head_column_norm": 2}
+
+
+# ----- 01 -----
+
+def length_check(leans: bool) -> dict:
+    return {"texts": 100, "matched_texts": 40, "accuracy": 0.6, "accuracy_low": 0.5, "accuracy_high": 0.7, "matched_accuracy": 0.55,
+            "matched_accuracy_low": 0.4, "matched_accuracy_high": 0.7 if not leans else 0.45, "chance": 0.25,
+            "length_only_accuracy": 0.4, "matched_length_only_accuracy": 0.25, "leans_on_length": leans}
+
+
+def test_data_sheet_claims_hold_and_fail():
+    held = data_sheet.claims(0.7, 0.25, {"anger": 20.0, "neutral": 18.0}, length_check(False), ANALYSIS)
+    assert by_number(held) == {"1": HELD, "2": HELD, "3": HELD}
+    failed = data_sheet.claims(0.4, 0.25, {"anger": 30.0, "neutral": 12.0}, length_check(True), ANALYSIS)
+    assert by_number(failed) == {"1": NOT_HELD, "2": NOT_HELD, "3": NOT_HELD}
+    assert "2.50x" in str(failed[1])
+
+
+# ----- 02 -----
+
+def test_training_claims_hold_fail_and_say_not_tested_without_a_second_precision():
+    summaries = {"anger-seed0": {"initial_val_loss": 10.0, "best_val_loss": 4.0}, "sadness-seed0": {"initial_val_loss": 9.0, "best_val_loss": 9.5}}
+    table = pd.DataFrame({"anger-seed0": {"precision": "cpu-bf16-autocast", "best_val_loss": 4.0, "best_val_loss float32": 4.02,
+                                          "relative_difference": 0.005, "dominant_index": 7, "dominant_index float32": 7},
+                          "sadness-seed0": {"precision": "cpu-bf16-autocast", "best_val_loss": 4.0, "best_val_loss float32": 4.2,
+                                            "relative_difference": 0.048, "dominant_index": 7, "dominant_index float32": 7}}).T
+    verdicts = by_number(training.claims(summaries, table, ANALYSIS))
+    assert verdicts == {"1": NOT_HELD, "2, anger-seed0": HELD, "2, sadness-seed0": NOT_HELD}
+    only_lowered = {"anger-seed0": summaries["anger-seed0"]}
+    assert by_number(training.claims(only_lowered, pd.DataFrame(), ANALYSIS)) == {"1": HELD, "2": NOT_TESTED}
+
+
+# ----- 03 -----
+
+def scored_generations(irm_p: list[float | None], base_p: float = 0.2, seeds: tuple[int, ...] = (0,), irm_distinct: float = 0.8) -> pd.DataFrame:
+    """Greedy generations of the base host and anger IRMs on len(irm_p) questions."""
+    rows = []
+    for q, p in enumerate(irm_p):
+        rows.append({"model": "base", "mode": "greedy", "question": f"q{q}", "p_anger": base_p + 0.01 * (q % 3), "perplexity": 5.0,
+                     "distinct_2": 0.8, "too_short": False})
+        for seed in seeds:
+            shift = 0.0 if seed == seeds[0] else -0.5
+            value = None if p is None else p + shift + 0.01 * (q % 2)
+            rows.append({"model": f"anger-seed{seed}", "mode": "greedy", "question": f"q{q}", "p_anger": np.nan if value is None else value,
+                         "perplexity": 6.0, "distinct_2": irm_distinct, "too_short": value is None})
+    return pd.DataFrame(rows)
+
+
+def test_generation_claims_raise_in_fluent_text_or_not():
+    raised = generations.alignment_summary(scored_generations([0.6] * 12), ("anger",), min_scored=10)
+    assert raised.loc[0, "verdict"] == "raised" and raised.loc[0, "text"] == "fluent"
+    assert by_number(generations.claims(raised)) == {"1, anger": HELD, "2": HELD}
+    repetitive = generations.alignment_summary(scored_generations([0.6] * 12, irm_distinct=0.1), ("anger",), min_scored=10)
+    assert by_number(generations.claims(repetitive))["1, anger"] == NOT_HELD
+    empty = generations.alignment_summary(scored_generations([None] * 10 + [0.6] * 2), ("anger",), min_scored=10)
+    assert empty.loc[0, "scored"] == 2 and empty.loc[0, "too_short_irm"] == pytest.approx(10 / 12)
+    assert by_number(generations.claims(empty)) == {"1, anger": NOT_TESTED, "2": NOT_TESTED}
+
+
+def test_alignment_summary_names_seeds_that_disagree_and_one_perplexity_statistic():
+    summary = generations.alignment_summary(scored_generations([0.6] * 12, seeds=(0, 1)), ("anger",), min_scored=10)
+    row = summary.iloc[0]
+    assert not row.seeds_agree and row.verdict_per_seed == "seed 0: raised; seed 1: lowered"
+    assert row.perplexity_ratio == pytest.approx(row.median_perplexity_irm / row.median_perplexity_base)
+    claim = generations.claims(summary)[0]
+    assert "The seeds differ: seed 0: raised; seed 1: lowered" in claim.evidence
+
+
+def test_alpha_table_and_ends_keep_an_alpha_whose_generations_are_all_empty():
+    rows = []
+    for alpha, p in ((0.0, 0.2), (1.0, 0.5), (2.0, None)):
+        for q in range(4):
+            rows.append({"emotion": "anger", "alpha": alpha, "question": f"q{q}", "p_target": np.nan if p is None else p,
+                         "perplexity": np.nan if p is None else 5.0 + alpha, "distinct_2": np.nan if p is None else 0.8,
+                         "too_short": p is None})
+    table = generations.alpha_table(pd.DataFrame(rows), min_scored=3)
+    assert list(table.index.get_level_values("alpha")) == [0.0, 1.0, 2.0]
+    assert table.loc[("anger", 2.0), "scored"] == 0 and table.loc[("anger", 2.0), "too_short"] == 1.0
+    assert np.isnan(table.loc[("anger", 2.0), "p_target"])
+    ends = generations.alpha_ends(table).loc["anger"]
+    assert ends.alpha_last == 2.0 and np.isnan(ends.p_target_last) and ends.scored_last == 0, "not alpha 1's value"
+    assert ends.largest_scored_alpha == 1.0
+
+
+# ----- 04 -----
+
+def test_vertical_continuity_claims():
+    runs = {"anger-seed0": striped(3), "sadness-seed0": striped(3, seed=1), "untrained": np.random.default_rng(5).uniform(0, 1, (6, 32))}
+    table = vertical_continuity.striation_table(runs, ["anger-seed0"], 5)
+    trained = ["anger-seed0", "sadness-seed0"]
+    agreement = vertical_continuity.consistency({n: runs[n] for n in trained}, 5)
+    host = pd.DataFrame({"massive_ratio_max": np.arange(32.0), "layer_norm_gain": np.ones(32), "final_norm_gain": np.ones(32),
+                         "lm_head_column_norm": np.ones(32)})
+    ranks = vertical_continuity.dominant_ranks_on_host(host, {n: 3 for n in trained})
+    steering = pd.DataFrame({"dominant_index": [3], "index_share": [0.5], "spearman_with_irm": [0.1]}, index=["anger, all tokens"])
+    held = by_number(vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 3, 100.0, ranks, steering, ANALYSIS))
+    assert held == {"1": HELD, "2": HELD, "3": HELD, "4": HELD, "5": HELD}
+    apart = {"anger-seed0": layered(), "sadness-seed0": striped(8, seed=1), "untrained": runs["untrained"]}
+    table = vertical_continuity.striation_table(apart, ["anger-seed0"], 5)
+    agreement = vertical_continuity.consistency({n: apart[n] for n in trained}, 5)
+    assert agreement["shared_dominant_index"] is None
+    failed = vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 31, 100.0, ranks, steering, ANALYSIS)
+    verdicts = by_number(failed)
+    assert verdicts["3"] == NOT_HELD and verdicts["4"] == NOT_HELD and verdicts["5"] == NOT_TESTED
+    assert "No shared index" in failed[2].evidence
+
+
+def test_clearest_first_orders_panels_by_striation():
+    table = vertical_continuity.striation_table({"flat": layered(), "sharp": striped(2, height=20.0), "mild": striped(5, height=1.0)}, [], 5)
+    assert vertical_continuity.clearest_first(table, ["flat", "mild", "sharp"]) == ["sharp", "mild", "flat"]
+
+
+# ----- 05 -----
+
+def test_probed_index_comes_from_striated_runs_only():
+    assert lm_head.probed_index({"a": layered(), "b": layered(seed=1)}, 2.0)["index"] is None
+    probed = lm_head.probed_index({"a": striped(4), "b": layered(), "c": striped(4, seed=2)}, 2.0)
+    assert probed["index"] == 4 and probed["striated"] == ["a", "c"]
+    apart = lm_head.probed_index({"a": striped(4, height=2.0), "b": striped(9, height=20.0, seed=1)}, 2.0)
+    assert apart["index"] == 9 and "most clearly striated" in apart["source"]
+
+
+def ablation_rows(dominant_shift: float) -> pd.DataFrame:
+    rows = []
+    for condition, shift in (("unmasked", 0.0), ("dominant masked", dominant_shift), ("random masked", 0.0)):
+        for q in range(12):
+            rows.append({"emotion": "anger", "condition": condition, "question": f"q{q}", "p_target": 0.5 + shift + 0.01 * (q % 3)})
+    return pd.DataFrame(rows)
+
+
+def test_lm_head_claims():
+    kl = pd.DataFrame({1.0: [0.1, 0.01, 0.02], 16.0: [3.0, 1.0, 1.5]}, index=["IRM dominant", "random 1", "random 2"])
+    masked = pd.DataFrame({"anger": {"masked_index": 4, "new_dominant_index": 9, "masked_index_output": 0.0, "best_val_loss_masked": 4.0,
+                                     "best_val_loss_unmasked": 4.0, "p_target_masked_training": 0.3, "scored_masked_training": 12}}).T
+    probed = {"index": 4, "striated": ["a"], "source": "shared by the striated runs (a)"}
+    held = by_number(lm_head.claims(probed, kl, ablation_rows(-0.3), masked, 3, 32, 10))
+    assert held == {"1": HELD, "2, anger": HELD, "3, anger": HELD}
+    leaky = masked.assign(masked_index_output=2.33)
+    weak = pd.DataFrame({1.0: [0.1, 0.01, 0.02], 16.0: [0.5, 1.0, 1.5]}, index=kl.index)
+    failed = by_number(lm_head.claims(probed, weak, ablation_rows(0.0), leaky, 3, 32, 10))
+    assert failed == {"1": NOT_HELD, "2, anger": NOT_HELD, "3, anger": NOT_HELD}
+    nothing = by_number(lm_head.claims({"index": None, "striated": [], "source": "no run is striated"}, kl, ablation_rows(-0.3), masked, None, 32, 20))
+    assert nothing["1"] == NOT_TESTED and nothing["2, anger"] == NOT_TESTED
+
+
+# ----- 06 -----
+
+def arm(index_share: float, layer_share: float, shared: int | None, agreement: float, runs: int = 4) -> dict:
+    return {"runs": runs, "index_share": index_share, "layer_share": layer_share, "shared_dominant_index": shared,
+            "dominant_indices": [shared or 1] * runs, "top1_agreement": agreement, "pairs": runs * (runs - 1) // 2, "top1_chance": 1 / 576}
+
+
+def test_prediction_verdict_reads_ranks_against_chance():
+    high = mechanism.prediction_verdict([18, 3, 1, 1, 2, 40, 7, 1], 576, 5)
+    assert high["verdict"] == HELD and high["dominant_in"] == 3 and high["top5_in"] == 5, "ranks near the top are far above chance"
+    assert high["chance_median_rank"] == 288.5
+    assert mechanism.prediction_verdict([300, 120, 500, 40], 576, 5)["verdict"] == NOT_HELD
+    assert mechanism.prediction_verdict([], 576, 5)["verdict"] == NOT_TESTED
+
+
+def test_mechanism_claims():
+    tone = pd.DataFrame({"base (plain)": {"verdict": "base"},
+                         "arm A": {"p_target": 0.4, "p_target_change": 0.2, "p_target_change_low": 0.1, "p_target_change_high": 0.3,
+                                   "scored": 20, "verdict": "raised", "median_perplexity": 6.0, "distinct_2": 0.8, "text": "fluent"},
+                         "arm B": {"p_target": 0.4, "p_target_change": 0.2, "p_target_change_low": 0.1, "p_target_change_high": 0.3,
+                                   "scored": 20, "verdict": "raised", "median_perplexity": 600.0, "distinct_2": 0.8,
+                                   "text": "degenerate: perplexity x100 the base's"},
+                         "arm E": {"p_target": np.nan, "p_target_change": np.nan, "p_target_change_low": np.nan, "p_target_change_high": np.nan,
+                                   "scored": 0, "verdict": "not tested (0 scored texts, 10 needed)", "median_perplexity": np.nan,
+                                   "distinct_2": np.nan, "text": "degenerate: 100% under two words"}}).T
+    ranks = pd.DataFrame({"r1": [1, 300], "r2": [1, 200], "r3": [2, 400]}, index=["b_final_norm_gain", "c_frequency"])
+    per_arm = {"A": arm(0.4, 0.05, 7, 0.8), "B": arm(0.1, 0.1, None, 0.0), "E": arm(0.1, 0.05, 9, 1.0, runs=1)}
+    verdicts = by_number(mechanism.claims(per_arm, {"b_final_norm_gain": 7, "c_frequency": 3}, ranks, tone, 576, ANALYSIS))
+    assert verdicts == {"1": HELD, "2": HELD, "3, b_final_norm_gain": HELD, "3, c_frequency": NOT_HELD,
+                        "4, arm A": HELD, "4, arm B": NOT_HELD, "4, arm E": NOT_TESTED}
+    per_arm = {"A": arm(0.36, 0.07, None, 0.0), "B": arm(0.31, 0.07, None, 0.0), "E": arm(0.35, 0.05, 507, 1.0, runs=1)}
+    failed = mechanism.claims(per_arm, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS)
+    assert by_number(failed) == {"1": NOT_HELD, "2": NOT_HELD}
+    assert "no shared index" in failed[0].evidence
+    one_run_each = {"A": arm(0.4, 0.05, 7, float("nan"), runs=1), "B": arm(0.1, 0.1, 3, float("nan"), runs=1)}
+    assert by_number(mechanism.claims(one_run_each, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS))["1"] == NOT_TESTED
