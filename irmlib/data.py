@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 
 from .environment import repo_root
+from .errors import CompanionError
 from .runs import squad_alignment_path
 
 EMOTIONS = ("anger", "sadness", "joy", "neutral")
@@ -26,7 +27,7 @@ ALIGNMENT_FIELDS = ("id", "question", "answer", "emotion", "text", "split")
 JUDGE_FIELDS = ("id", "text", "label", "kind", "split")
 
 
-class DataError(ValueError):
+class DataError(CompanionError, ValueError):
     """A data file is malformed; the message names the file, the line and the field."""
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_path
+from .errors import RunFileError
 from .host import Host
 from .inject import Injection, inject
 from .prompts import encode_prompts, format_prompt, left_padding
@@ -114,9 +115,18 @@ class CapturedOutputs:
 
     @classmethod
     def load(cls, path) -> "CapturedOutputs":
-        with safe_open(str(path), framework="pt") as handle:
-            prompt_tokens = json.loads((handle.metadata() or {}).get("prompt_tokens", "[]"))
-            return cls([handle.get_tensor(k) for k in sorted(handle.keys())], prompt_tokens)
+        """The captures saved at `path`; RunFileError, naming the file, where it is damaged."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                prompt_tokens = json.loads((handle.metadata() or {}).get("prompt_tokens", "[]"))
+                outputs = [handle.get_tensor(k) for k in sorted(handle.keys())]
+        except (SafetensorError, OSError, json.JSONDecodeError) as err:
+            raise RunFileError(f"{path}: not readable as captured IRM outputs ({err}). Delete it: the notebook that needs it "
+                               f"captures it again.") from None
+        if len(prompt_tokens) != len(outputs):
+            raise RunFileError(f"{path}: {len(outputs)} captured sequences but {len(prompt_tokens)} prompt lengths. Delete it: "
+                               f"the notebook that needs it captures it again.")
+        return cls(outputs, prompt_tokens)
 
 
 def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: str = "plain", new_tokens: int = 10,

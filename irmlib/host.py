@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import CompanionError
 from .precision import attention_in_float32_under_autocast, choose_precision
 
 EMBEDDED = "embedded"
@@ -37,7 +38,7 @@ LLAMA2_CHAT_TEMPLATE = (
 )
 
 
-class HostLoadError(RuntimeError):
+class HostLoadError(CompanionError, RuntimeError):
     """A host could not be loaded; the message says why and what to do instead."""
 
 

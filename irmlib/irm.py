@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path, write_json
+from .errors import CompanionError, RunFileError
 
 SITES = ("post_attn", "block_out")
 INITS = ("zero", "paper", "torch")
@@ -22,7 +24,7 @@ WEIGHTS_FILE = "irm.safetensors"
 CONFIG_FILE = "irm.json"
 
 
-class IRMShapeError(ValueError):
+class IRMShapeError(CompanionError, ValueError):
     """An IRM does not fit the host it is given."""
 
 
@@ -140,20 +142,49 @@ def save_irm(irm: IRM, directory: str | Path, host_shape: dict | None = None, me
     return directory
 
 
+def _unreadable(path: Path, why: str) -> RunFileError:
+    return RunFileError(f"{path}: {why}. It was not written by this project or is damaged: delete the run directory "
+                        f"({path.parent.parent}) and retrain it, or restore the file from where the run came from.")
+
+
 def read_irm_record(directory: str | Path) -> dict:
-    """The JSON record of a saved IRM: config, host shape, metadata."""
+    """The JSON record of a saved IRM: config, host shape, metadata. RunFileError, naming the file,
+    for one that is not valid JSON or whose config has fields IRMConfig does not know."""
     path = Path(directory) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"No IRM checkpoint at {directory}: {CONFIG_FILE} is missing.")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _unreadable(path, f"not valid JSON ({err})") from None
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict):
+        raise _unreadable(path, "no 'config' mapping")
+    unknown = sorted(set(config) - {f.name for f in fields(IRMConfig)})
+    if unknown:
+        raise _unreadable(path, f"unknown IRM config field(s) {unknown}")
+    return record
 
 
 def load_irm(directory: str | Path, host=None, device: str | torch.device = "cpu") -> IRM:
-    """Load a saved IRM; with `host`, refuse one built for a host of another shape."""
+    """Load a saved IRM; with `host`, refuse one built for a host of another shape (IRMShapeError).
+    Weights that are not a readable safetensors file, or do not match `irm.json`'s shapes, raise
+    RunFileError naming the file."""
     record = read_irm_record(directory)
-    config = IRMConfig(**{**record["config"], "injected_layers": tuple(record["config"]["injected_layers"])})
+    try:
+        config = IRMConfig(**{**record["config"], "injected_layers": tuple(record["config"]["injected_layers"])})
+    except (TypeError, ValueError) as err:
+        raise _unreadable(Path(directory) / CONFIG_FILE, f"not a valid IRM config ({err})") from None
     if host is not None:
         check_fits(config, host)
     irm = IRM(config)
-    irm.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE), device=str(device)))
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise _unreadable(weights, f"not a readable safetensors file ({err})") from None
+    try:
+        irm.load_state_dict(state)
+    except RuntimeError as err:
+        raise _unreadable(weights, f"its tensors do not match the shapes in {CONFIG_FILE} ({str(err).splitlines()[0]})") from None
     return irm.to(device)

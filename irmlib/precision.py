@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import CompanionError
+
 # CPU flags (as /proc/cpuinfo spells them) that mean bf16 arithmetic in hardware: AVX512-BF16
 # (Intel Cooper Lake and later, AMD Zen 4 and later), AMX-BF16 (Intel Sapphire Rapids and later),
 # and the Armv8.6 BF16 extension (aarch64 "Features": Graviton 3, Neoverse V1/N2).
@@ -60,7 +62,7 @@ REQUESTS = ("auto", "float32", "bfloat16", "float16")
 ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(CompanionError, ValueError):
     """An unknown precision name, or one this device cannot run."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .environment import repo_root
+from .errors import CompanionError
 from .irm import IRM_FIELDS, IRMConfig
 from .prompts import PROMPT_FORMATS
 from .runs import run_name
@@ -24,7 +25,7 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "cpu"
 
 
-class ProfileError(ValueError):
+class ProfileError(CompanionError, ValueError):
     """An unknown profile or field; the message lists the valid ones."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
@@ -26,10 +27,12 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json
+from .errors import CompanionError, RunFileError, RunLockedError
 from .host import Host
 from .inject import Injection
 from .irm import IRM, IRM_FIELDS, IRMConfig, load_irm, save_irm
@@ -39,7 +42,7 @@ from .precision import Precision, autocast, choose_precision, precision_request
 HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CompanionError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -192,6 +195,41 @@ def is_complete(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "done.json").exists()
 
 
+def read_done(run_dir: str | Path) -> dict:
+    """A finished run's summary (done.json); RunFileError, naming the file, where it is damaged."""
+    path = Path(run_dir) / "done.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunFileError(f"{path}: not valid JSON ({err}). Delete it to train the run again from its last checkpoint, "
+                           f"or delete {Path(run_dir)} to retrain it from the start.") from None
+    if not isinstance(summary, dict) or not {"best_val_loss", "steps"} <= set(summary):
+        raise RunFileError(f"{path}: not a run summary this project wrote. Delete it to train the run again from its last checkpoint.")
+    return summary
+
+
+@contextmanager
+def writer_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's writer lock (`run_dir/.writer.lock`, the `filelock` package) for the block:
+    a second process that would train the same run stops at once with RunLockedError naming the
+    holder's pid. The operating system releases the lock when its holder dies, so a killed run
+    never blocks a rerun. Readers of finished runs take no lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(run_dir / ".writer.lock", timeout=0), run_dir / ".writer.pid"
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = holder.read_text().strip() if holder.exists() else "unknown"
+        raise RunLockedError(f"Run {run_dir} is being trained by another process (pid {pid}); wait for it to finish, "
+                             f"or stop it, then run again (the finished run is loaded, an interrupted one resumes).") from None
+    try:
+        holder.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
@@ -273,12 +311,23 @@ def _resume(run_dir: Path, irm: IRM, optimizer, scheduler, host: Host) -> TrainS
     path = run_dir / "last" / "trainer_state.pt"
     if not path.exists():
         return TrainState()
-    saved = torch.load(path, weights_only=False)
-    irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
-    optimizer.load_state_dict(saved.pop("optimizer"))
-    scheduler.load_state_dict(saved.pop("scheduler"))
+    advice = f"Delete {run_dir / 'last'} to train this run from its start (or the whole run directory), or restore the file."
+    try:
+        # weights_only: tensors, numbers, strings and containers only, so a crafted file runs no code.
+        saved = torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError, depending on the damage
+        raise RunFileError(f"{path}: refused or unreadable as a trainer state ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:200]}). {advice}") from None
     known = {f.name for f in fields(TrainState)}
-    return TrainState(**{k: v for k, v in saved.items() if k in known})
+    if not isinstance(saved, dict) or not {"optimizer", "scheduler"} <= set(saved) or not set(saved) - {"optimizer", "scheduler"} <= known:
+        raise RunFileError(f"{path}: not a trainer state this project wrote (keys {sorted(saved) if isinstance(saved, dict) else type(saved).__name__}). {advice}")
+    irm.load_state_dict(load_irm(run_dir / "last", host).state_dict())
+    try:
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        scheduler.load_state_dict(saved.pop("scheduler"))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise RunFileError(f"{path}: its optimizer or scheduler state does not fit this IRM ({err}). {advice}") from None
+    return TrainState(**saved)
 
 
 def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: str | Path,
@@ -294,11 +343,21 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     """
     run_dir = Path(run_dir)
     if is_complete(run_dir):
-        return json.loads((run_dir / "done.json").read_text())
+        return read_done(run_dir)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"Empty data: {len(train_set)} training and {len(val_set)} validation rows. Check the data files and the profile's emotion.")
     accelerator = accelerator or Accelerator()
     main = accelerator.is_main_process
+    with writer_lock(run_dir) if main else nullcontext():
+        return _train_holding_the_lock(host, train_set, val_set, collate, config, run_dir, metadata, accelerator, progress, tracker)
+
+
+def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: Path, metadata: dict | None,
+                            accelerator: Accelerator, progress: bool, tracker: Callable[[IRM], dict] | None) -> dict:
+    """train_irm's body, run by the one writer of `run_dir`."""
+    main = accelerator.is_main_process
+    if is_complete(run_dir):  # finished by another process while this one waited to start
+        return read_done(run_dir)
     set_seed(config.seed)
     host.model.to(accelerator.device)
     irm = IRM(IRMConfig.for_host(host, **config.irm)).to(accelerator.device)
@@ -395,6 +454,27 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     return summary
 
 
+def _read_table(run_dir: str | Path, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    path = Path(run_dir) / name
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise RunFileError(f"{path}: not a readable table ({err}). Delete {Path(run_dir)} and retrain the run.") from None
+    missing = [column for column in columns if column not in history.columns]
+    if missing:
+        raise RunFileError(f"{path}: lacks the column(s) {missing}. Delete {Path(run_dir)} and retrain the run.")
+    return history
+
+
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """history.csv of a run as a DataFrame (val_loss is NaN except at validation checks)."""
-    return pd.read_csv(Path(run_dir) / "history.csv")
+    """history.csv of a run, one row per step (val_loss is NaN except at validation checks);
+    RunFileError, naming the file, where it is damaged."""
+    return _read_table(run_dir, "history.csv", ("step", "lm_loss", "val_loss"))
+
+
+def read_tracking(run_dir: str | Path) -> pd.DataFrame:
+    """tracking.csv of a run, the tracker's metrics by step; an empty table where the run was not
+    tracked; RunFileError, naming the file, where it is damaged."""
+    if not (Path(run_dir) / "tracking.csv").exists():
+        return pd.DataFrame()
+    return _read_table(run_dir, "tracking.csv", ("step",))

@@ -25,6 +25,7 @@ from ..profile import with_overrides
 from ..profile_runs import train_config, train_for_profile
 from ..prompts import decode_tokens
 from ..scoring import change_verdict, generation_table, mean_ci, paired_change, score_generations, text_quality
+from ..train import read_tracking
 from ..striation import (StriationTracker, index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
                          striation_metrics, top_k_agreement)
 
@@ -173,7 +174,7 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
                                   new_tokens=profile.analysis.capture_new_tokens).irm_outputs
     matrix = magnitude_matrix(outputs)
     metrics = striation_metrics(matrix, profile.analysis.top_k)
-    tracking = pd.read_csv(directory / "tracking.csv") if (directory / "tracking.csv").exists() else pd.DataFrame()
+    tracking = read_tracking(directory)
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")}, **metrics,
             "matrix": matrix, "signed": signed_matrix(outputs), "tracking": tracking, "irm_dir": directory / "best"}

@@ -13,6 +13,7 @@ from ..host import Host
 from ..precision import choose_precision
 from ..profile import with_overrides
 from ..profile_runs import probe_tracker, train_for_profile
+from ..train import read_tracking
 
 
 def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str, ...], precision: str = "float32"):
@@ -29,8 +30,8 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
     tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
 
     def last_dominant(directory: Path) -> int | None:
-        tracking = directory / "tracking.csv"
-        return int(pd.read_csv(tracking).dominant_index.iloc[-1]) if tracking.exists() else None
+        tracking = read_tracking(directory)
+        return int(tracking.dominant_index.iloc[-1]) if len(tracking) else None
 
     table = {}
     for name in run_names:
