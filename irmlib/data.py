@@ -39,19 +39,40 @@ def judge_path() -> Path:
     return repo_root() / "data" / "judge" / "judge.jsonl"
 
 
+class DuplicateKey(Exception):
+    """A JSON object names one key twice (json keeps the last silently)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object_pairs_hook that refuses a key given twice in one object."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     """Read JSON Lines whose rows must carry non-empty string `fields`; line numbers start at 1."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found. Data files live in data/ of the repository (or pass a path).")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is allowed
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); save it as UTF-8.") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # Lines end at "\n" only: a JSON string may hold other line separators (U+2028) unescaped.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}). Each line must be one JSON object.") from None
+        except DuplicateKey as err:
+            raise DataError(f"{path}, line {number}, field '{err.args[0]}': given twice in one row; keep one.") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}.")
         for name in fields:

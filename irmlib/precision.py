@@ -199,7 +199,8 @@ def cuda_bf16_support(device: torch.device) -> dict:
             "native_bf16": native, "hip": bool(getattr(torch.version, "hip", None))}
 
 
-def _normalise(requested: str) -> str:
+def normalise_request(requested: str) -> str:
+    """A precision request by its canonical name ("bf16" -> "bfloat16"); PrecisionError for an unknown one."""
     name = ALIASES.get(str(requested).strip().lower(), str(requested).strip().lower())
     if name not in REQUESTS:
         raise PrecisionError(f"Unknown precision '{requested}'; choose one of {', '.join(REQUESTS)} "
@@ -270,7 +271,7 @@ def choose_precision(device: str | torch.device = "cpu", requested: str = "auto"
     """
     if str(requested).strip().lower() == "auto" and os.environ.get("IRM_PRECISION"):
         requested = os.environ["IRM_PRECISION"]  # decided once for a whole pipeline run (irmlib.pipeline)
-    requested = _normalise(requested)
+    requested = normalise_request(requested)
     device = torch.device(device)
     if device.type == "cpu":
         return _choose_cpu(requested)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from .data import EMOTIONS, DuplicateKey, unique_keys
 from .environment import repo_root
 from .errors import CompanionError
+from .fieldtypes import check_fields
 from .irm import IRM_FIELDS, IRMConfig
 from .prompts import PROMPT_FORMATS
 from .runs import run_name
@@ -51,16 +53,14 @@ class AnalysisConfig:
     nearly_every_layer: float = 0.8  # 04 claim 2: vertical continuity that counts as "nearly every layer"
 
     def __post_init__(self):
+        check_fields(self, "analysis.")
         for key in ("alphas", "nudge_sizes"):
             value = getattr(self, key)
-            if isinstance(value, list):
-                object.__setattr__(self, key, tuple(value))
-            if not getattr(self, key) or any(not isinstance(v, (int, float)) or v < 0 for v in getattr(self, key)):
-                raise ValueError(f"analysis.{key} must be a non-empty list of non-negative numbers, got {value!r}.")
+            if not value or any(v < 0 for v in value):
+                raise ValueError(f"analysis.{key} must be a non-empty list of non-negative numbers, got {list(value)!r}.")
         for key in ("capture_new_tokens", "random_controls", "probe_texts", "gradient_batches", "top_k", "min_scored_texts"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"analysis.{key} must be a positive integer, got {value!r}.")
+            if getattr(self, key) <= 0:
+                raise ValueError(f"analysis.{key} must be a positive integer, got {getattr(self, key)!r}.")
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,11 @@ class Profile:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # the `analysis:` section
 
     def __post_init__(self):
-        for key in ("emotions", "seeds", "retrain_emotions", "precision_check"):
-            if isinstance(getattr(self, key), list):
-                object.__setattr__(self, key, tuple(getattr(self, key)))
+        check_fields(self, "", skip=("train", "analysis"))
+        for key in ("emotions", "retrain_emotions"):
+            unknown = sorted(set(getattr(self, key) or ()) - set(EMOTIONS))
+            if unknown:
+                raise ValueError(f"{key}: {unknown} unknown; choose from {', '.join(EMOTIONS)}.")
         for key, allowed in (("data", DATA_SOURCES), ("prompt_format", PROMPT_FORMATS), ("loss_on", LOSS_ON)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}.")
@@ -156,17 +158,17 @@ def _route(overrides: dict, name: str) -> dict[str, dict]:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ProfileError(f"Profile '{name}': section '{key}' must be a mapping of fields, got {value!r}.")
-            unknown += [f"{key}.{k}" for k in value if k not in SECTIONS[key]]
+            unknown += [f"{key}.{k!r}" for k in value if k not in SECTIONS[key]]
             parts[key].update(value)
         elif key in PROFILE_FIELDS:
             parts["profile"][key] = value
         elif section := next((s for s, names in SECTIONS.items() if key in names), None):
             parts[section][key] = value
         else:
-            unknown.append(key)
+            unknown.append(repr(key))
     if unknown:
         valid = sorted(PROFILE_FIELDS + TRAIN_FIELDS + IRM_FIELDS + ANALYSIS_FIELDS)
-        raise ProfileError(f"Unknown profile field(s) {sorted(unknown)} in profile '{name}'. Valid fields: {', '.join(valid)} "
+        raise ProfileError(f"Unknown profile field(s) {', '.join(sorted(unknown))} in profile '{name}'. Valid fields: {', '.join(valid)} "
                            "(train, IRM and analysis fields may also be given in `train:`, `irm:` and `analysis:` sections).")
     return parts
 
@@ -195,41 +197,79 @@ def overrides_from_env() -> dict:
     if not text:
         return {}
     try:
-        overrides = json.loads(text)
+        overrides = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise ProfileError(f"{OVERRIDES_ENV} is not valid JSON ({err}); give an object, e.g. '{{\"max_steps\": 2}}'.") from None
+    except DuplicateKey as err:
+        raise ProfileError(f"{OVERRIDES_ENV} gives the field '{err.args[0]}' twice; keep one.") from None
     if not isinstance(overrides, dict):
         raise ProfileError(f"{OVERRIDES_ENV} must be a JSON object of fields, got {type(overrides).__name__}.")
     return overrides
 
 
-def profile_files(name: str) -> list[dict]:
-    """The field mappings of a profile file and of every file it extends, the furthest first."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path):
+    """A profile file's contents (empty: {}); ProfileError naming the file and the line for
+    invalid YAML, a key given twice, or bytes that are not UTF-8 (a leading BOM is allowed)."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"Profile file {path} is not UTF-8 text ({err}); save it as UTF-8.") from None
+    except yaml.YAMLError as err:
+        raise ProfileError(f"Profile file {path} is not valid YAML: {str(err).strip()}") from None
+
+
+def profile_files(name: str) -> list[tuple[Path, dict]]:
+    """Each profile file's path and field mapping, the file `name` and every file it extends, the
+    furthest first."""
     chain: list[dict] = []
     while name is not None:
         path = PROFILE_DIR / f"{name}.yaml"
         if not path.exists():
             raise ProfileError(f"Unknown profile '{name}'. Available profiles: {', '.join(available_profiles())}.")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path)
         if not isinstance(values, dict):
             raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
         values = dict(values)
         name = values.pop(EXTENDS, None)
         if name is not None and (not isinstance(name, str) or name in {c.get("_name") for c in chain} or name == path.stem):
             raise ProfileError(f"Profile file {path}: '{EXTENDS}: {name}' must name another profile, without a cycle.")
-        chain.insert(0, {**values, "_name": path.stem})
-    return [{k: v for k, v in values.items() if k != "_name"} for values in chain]
+        chain.insert(0, {**values, "_name": path.stem, "_path": path})
+    return [(values["_path"], {k: v for k, v in values.items() if k not in ("_name", "_path")}) for values in chain]
+
+
+def _named(function, source: str):
+    """`function`, its ProfileError prefixed with where the fields came from (a file, a variable)."""
+    def call(*args):
+        try:
+            return function(*args)
+        except ProfileError as err:
+            raise ProfileError(f"{source}: {err}") from None
+    return call
 
 
 def load_profile(name: str | None = None, **overrides) -> Profile:
-    """Read a profile by name, then apply the overrides of `IRM_PROFILE_OVERRIDES`, then these field
-    overrides (e.g. papermill parameters; None: not given)."""
+    """Read a profile by name (and the profiles it extends), then apply the overrides of
+    `IRM_PROFILE_OVERRIDES`, then these field overrides (a notebook's `overrides` parameter). None
+    is a value (`track_every=None` switches tracking off), not "not given"."""
     name = name or profile_from_env()
     profile = Profile(name=name)
-    for values in profile_files(name):
-        profile = with_overrides(profile, values)
-    profile = with_overrides(profile, overrides_from_env())
-    return with_overrides(profile, {k: v for k, v in overrides.items() if v is not None})
+    for path, values in profile_files(name):
+        profile = _named(with_overrides, f"Profile file {path}")(profile, values)
+    profile = _named(with_overrides, OVERRIDES_ENV)(profile, overrides_from_env())
+    return with_overrides(profile, overrides)
 
 
 def profile_and_gpus(prog: str, description: str, argv: list[str] | None = None, gpus_help: str = "GPUs under DDP") -> tuple[Profile, int]:

@@ -17,7 +17,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, assign_split
+from .data import DataError, DuplicateKey, assign_split, unique_keys
 from .atomic import write_text
 from .prompts import left_padding
 
@@ -41,22 +41,50 @@ def squad_pairs(source: str | Path | None = None, limit: int | None = None) -> l
     """
     pairs = []
     if source is not None:
-        path = Path(source)
-        try:
-            articles = json.loads(path.read_text(encoding="utf-8"))["data"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: not a SQuAD-format JSON file ({err}); expected {{'data': [{{'paragraphs': [{{'qas': [...]}}]}}]}}.") from None
-        for article in articles:
-            for paragraph in article["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    answers = qa.get("answers") or qa.get("plausible_answers") or []
-                    if answers and answers[0]["text"].strip():
-                        pairs.append({"id": qa["id"], "question": qa["question"].strip(), "answer": answers[0]["text"].strip()})
+        pairs = _local_squad_pairs(Path(source))
     else:
         for row in datasets.load_dataset("rajpurkar/squad_v2", split="train"):
             if row["answers"]["text"]:
                 pairs.append({"id": row["id"], "question": row["question"].strip(), "answer": row["answers"]["text"][0].strip()})
     return pairs[:limit] if limit else pairs
+
+
+def _squad_field(value, kind: type, where: str, path: Path):
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = {list: "a list", dict: "an object", str: "a string"}[kind]
+        raise DataError(f"{path}, {where}: expected {expected}, got {type(value).__name__}. A SQuAD-format file is "
+                        f"{{'data': [{{'paragraphs': [{{'qas': [{{'id', 'question', 'answers': [{{'text'}}]}}]}}]}}]}}.")
+    return value
+
+
+def _local_squad_pairs(path: Path) -> list[dict]:
+    """(id, question, answer) of a local SQuAD-format JSON file; DataError naming the file and
+    the place (e.g. data[0].paragraphs[2].qas[1].question) for anything else."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err}).") from None
+    except DuplicateKey as err:
+        raise DataError(f"{path}: the key '{err.args[0]}' is given twice in one object.") from None
+    pairs = []
+    articles = _squad_field(_squad_field(document, dict, "top level", path).get("data"), list, "data", path)
+    for a, article in enumerate(articles):
+        paragraphs = _squad_field(_squad_field(article, dict, f"data[{a}]", path).get("paragraphs"), list, f"data[{a}].paragraphs", path)
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            for q, qa in enumerate(_squad_field(_squad_field(paragraph, dict, where, path).get("qas"), list, f"{where}.qas", path)):
+                at = f"{where}.qas[{q}]"
+                _squad_field(qa, dict, at, path)
+                answers = qa.get("answers") or qa.get("plausible_answers") or []
+                _squad_field(answers, list, f"{at}.answers", path)
+                if not answers:
+                    continue  # no answer, not even a plausible one: the paper's build skips it
+                text = _squad_field(_squad_field(answers[0], dict, f"{at}.answers[0]", path).get("text"), str, f"{at}.answers[0].text", path)
+                question = _squad_field(qa.get("question"), str, f"{at}.question", path)
+                qid = _squad_field(qa.get("id"), str, f"{at}.id", path)
+                if text.strip() and question.strip():
+                    pairs.append({"id": qid, "question": question.strip(), "answer": text.strip()})
+    return pairs
 
 
 def _completed_rows(path: Path) -> list[dict]:

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import typing
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,11 +34,12 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json
 from .errors import CompanionError, RunFileError, RunLockedError
+from .fieldtypes import check_fields, check_mapping
 from .host import Host
 from .inject import Injection
-from .irm import IRM, IRM_FIELDS, IRMConfig, load_irm, save_irm
+from .irm import INITS, IRM, IRM_FIELDS, SITES, IRMConfig, load_irm, save_irm
 from .objective import Objective, l1_penalty, lm_loss, resolve_objective, scored_positions
-from .precision import Precision, autocast, choose_precision, precision_request
+from .precision import Precision, autocast, choose_precision, normalise_request, precision_request
 
 HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
 
@@ -73,24 +75,25 @@ class TrainConfig:
     irm: dict = field(default_factory=dict)  # IRMConfig fields but the host's shape (injected_layers, site, init, ...)
 
     def __post_init__(self):
+        check_fields(self, "train.", skip=("irm",))
         for name in ("epochs", "batch_size", "max_length", "checkpoint_every", "val_checks_per_epoch", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)!r}.")
         for name in ("max_steps", "track_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer or null, got {value!r}.")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}.")
-        irm = dict(self.irm)
-        if isinstance(irm.get("injected_layers"), list):
-            irm["injected_layers"] = tuple(irm["injected_layers"])
-        object.__setattr__(self, "irm", irm)
-        object.__setattr__(self, "masked_indices", tuple(self.masked_indices))
-        unknown = sorted(set(irm) - set(IRM_FIELDS))
+            if getattr(self, name) == 0:
+                raise ValueError(f"train.{name} must be a positive integer or null, got 0.")
+        if not self.lr > 0 or not self.lr_gamma > 0:
+            raise ValueError(f"train.lr and train.lr_gamma must be positive, got {self.lr!r} and {self.lr_gamma!r}.")
+        if not isinstance(self.irm, dict):
+            raise ValueError(f"irm: expected a mapping of IRM fields, got {self.irm!r}.")
+        unknown = sorted(set(self.irm) - set(IRM_FIELDS))
         if unknown:
             raise ValueError(f"unknown IRM field(s) {unknown}; valid: {', '.join(IRM_FIELDS)}.")
+        object.__setattr__(self, "irm", check_mapping(self.irm, typing.get_type_hints(IRMConfig), "irm."))
+        for name, choices in (("site", SITES), ("init", INITS)):
+            if name in self.irm and self.irm[name] not in choices:
+                raise ValueError(f"irm.{name}: '{self.irm[name]}' unknown; choose one of {', '.join(choices)}.")
+        normalise_request(self.precision)  # an unknown precision fails here, not when training starts
         self.objective_spec  # an unknown objective or a bad override fails here, not at the first step
 
     @property

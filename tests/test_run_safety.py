@@ -4,7 +4,6 @@ file is named with what to do, and only one process trains a run at a time."""
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
