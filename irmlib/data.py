@@ -3,6 +3,8 @@
 Alignment rows (`data/alignment/alignment.jsonl`), one per (question, emotion):
     id, question, answer, emotion, text (= question + " " + rewrite, as the paper trained), split
 Judge rows (`data/judge/judge.jsonl`): id, text, label, kind, split.
+Judge evaluation rows (`data/judge_eval/`, fixed and hashed): tone.jsonl (id, text, label, source,
+hard_case, split) and gate.jsonl (id, text, label, source, split); see data/judge_eval/README.md.
 
 Prompts and tokenising live in prompts.py, the SQuAD generator in squad.py, the datasheet's
 statistics in datasheet.py.
@@ -25,6 +27,26 @@ EMOTIONS = ("anger", "sadness", "joy", "neutral")
 SPLITS = ("train", "validation", "test")
 ALIGNMENT_FIELDS = ("id", "question", "answer", "emotion", "text", "split")
 JUDGE_FIELDS = ("id", "text", "label", "kind", "split")
+# The judge evaluation set: fixed before the judge or the fluency gate change, so it is read as
+# committed; tests check each file against its SHA-256.
+JUDGE_EVAL_SPLITS = ("dev", "test")
+GATE_LABELS = ("fluent", "degenerate", "too_short")
+HARD_CASES = ("idiom", "sad-topic-neutral", "fragment", "numbers-or-list", "")
+JUDGE_EVAL_LABELS = {"tone": EMOTIONS, "gate": GATE_LABELS}
+JUDGE_EVAL_SOURCES = {
+    "tone": ("alignment-test", "base-host-03", "quoted", "written"),
+    "gate": ("irm-03", "base-host-03", "quoted", "written"),
+}
+# Fields that must be non-empty strings; `text` (a gate text may be "") and `hard_case` ("" for
+# none) are checked apart.
+JUDGE_EVAL_FIELDS = {
+    "tone": ("id", "text", "label", "source", "split"),
+    "gate": ("id", "label", "source", "split"),
+}
+JUDGE_EVAL_SHA256 = {
+    "tone": "a1f2ee0c6b4247234a203d657d892632e8cd1952113867965023a2024509e24f",
+    "gate": "e49d64d375b487ce8cab41e1ae3408f0e96673ea47df32799db5090372aad135",
+}
 
 
 class DataError(CompanionError, ValueError):
@@ -37,6 +59,13 @@ def alignment_path() -> Path:
 
 def judge_path() -> Path:
     return repo_root() / "data" / "judge" / "judge.jsonl"
+
+
+def judge_eval_path(which: str) -> Path:
+    """data/judge_eval/tone.jsonl or gate.jsonl."""
+    if which not in JUDGE_EVAL_LABELS:
+        raise DataError(f"judge evaluation set '{which}' unknown; choose one of {', '.join(JUDGE_EVAL_LABELS)}.")
+    return repo_root() / "data" / "judge_eval" / f"{which}.jsonl"
 
 
 class DuplicateKey(Exception):
@@ -126,6 +155,25 @@ def validate_judge(rows: list[dict], path: Path) -> list[dict]:
     return rows
 
 
+def validate_judge_eval(rows: list[dict], path: Path, which: str) -> list[dict]:
+    """Check ids, labels, sources, splits and (tone) hard cases; a gate text may be empty but must
+    be a string."""
+    _check_ids(path, rows)
+    for row in rows:
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{path}, line {row['_line']}, field 'text': missing or not a string.")
+        _check_choice(path, row, "label", JUDGE_EVAL_LABELS[which])
+        _check_choice(path, row, "source", JUDGE_EVAL_SOURCES[which])
+        _check_choice(path, row, "split", JUDGE_EVAL_SPLITS)
+        if which == "tone":
+            if not isinstance(row.get("hard_case"), str):
+                raise DataError(f"{path}, line {row['_line']}, field 'hard_case': missing or not a string (\"\" for none).")
+            if row["hard_case"] not in HARD_CASES:
+                raise DataError(f"{path}, line {row['_line']}, field 'hard_case': '{row['hard_case']}' is not one of "
+                                f"{', '.join(repr(c) for c in HARD_CASES)}.")
+    return rows
+
+
 def rewrite_of(row: dict) -> str:
     """The rewritten answer inside an alignment row's text."""
     return row["text"][len(row["question"]) + 1:]
@@ -141,6 +189,13 @@ def load_judge(path: str | Path | None = None) -> list[dict]:
     """All judge rows, validated."""
     path = Path(path or judge_path())
     return validate_judge(read_jsonl(path, JUDGE_FIELDS), path)
+
+
+def load_judge_eval(which: str, path: str | Path | None = None) -> list[dict]:
+    """The judge evaluation rows of `which` ("tone" or "gate"), validated."""
+    default = judge_eval_path(which)  # refuses an unknown `which`
+    path = Path(path or default)
+    return validate_judge_eval(read_jsonl(path, JUDGE_EVAL_FIELDS[which]), path, which)
 
 
 def as_datasets(rows: list[dict], emotion: str | None = None, limit: int | None = None) -> datasets.DatasetDict:

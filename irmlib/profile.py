@@ -244,8 +244,10 @@ def profile_files(name: str) -> list[tuple[Path, dict]]:
             raise ProfileError(f"Profile file {path} must hold a mapping of fields, got {type(values).__name__}.")
         values = dict(values)
         name = values.pop(EXTENDS, None)
-        if name is not None and (not isinstance(name, str) or name in {c.get("_name") for c in chain} or name == path.stem):
-            raise ProfileError(f"Profile file {path}: '{EXTENDS}: {name}' must name another profile, without a cycle.")
+        if name is not None and (not isinstance(name, str) or not (PROFILE_DIR / f"{name}.yaml").exists()
+                                 or name in {c.get("_name") for c in chain} or name == path.stem):
+            raise ProfileError(f"Profile file {path}: '{EXTENDS}: {name}' must name another profile, without a cycle; "
+                               f"available profiles: {', '.join(available_profiles())}.")
         chain.insert(0, {**values, "_name": path.stem, "_path": path})
     return [(values["_path"], {k: v for k, v in values.items() if k not in ("_name", "_path")}) for values in chain]
 

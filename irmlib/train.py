@@ -359,7 +359,7 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                             accelerator: Accelerator, progress: bool, tracker: Callable[[IRM], dict] | None) -> dict:
     """train_irm's body, run by the one writer of `run_dir`."""
     main = accelerator.is_main_process
-    if is_complete(run_dir):  # finished by another process while this one waited to start
+    if is_complete(run_dir):  # finished by another process between the first check and taking the lock
         return read_done(run_dir)
     set_seed(config.seed)
     host.model.to(accelerator.device)

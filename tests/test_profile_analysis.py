@@ -25,7 +25,7 @@ def test_extends_reads_the_base_first_and_refuses_a_cycle(tmp_path, monkeypatch)
     with pytest.raises(ProfileError, match="cycle"):
         load_profile("a")
     (tmp_path / "lost.yaml").write_text("extends: nowhere\n")
-    with pytest.raises(ProfileError, match="Unknown profile 'nowhere'"):
+    with pytest.raises(ProfileError, match="lost.yaml: 'extends: nowhere' must name another profile"):
         load_profile("lost")
 
 
