@@ -31,10 +31,13 @@ P counts the matrices that multiply every token (decoder layers and LM head, not
 lookup); attention scores (4 s h per layer and token: at s = 128, 0.5% of a Llama-2-7b layer's
 products, 4% of the embedded host's) are left out.
 Checkpointing adds one more host forward. The host's products run at the GPU's bf16 (T4: fp16)
-dense peak, the IRM's at the fp32 peak (PyTorch's default float32 matmul precision uses no TF32),
-or at the bf16 peak with mixed precision; all at UTILISATION of the peak. Tokens: every row padded
-to max_length (an upper bound). DDP splits the rows over the GPUs; its gradient all-reduce is not
-timed.
+dense peak; the IRM's fp32 products at the plain fp32 peak, without TF32, as irmlib trains
+(PyTorch's default float32 matmul precision, "highest"), or at the bf16 peak with mixed precision;
+all at UTILISATION of the peak. The paper's code set torch.set_float32_matmul_precision("medium"),
+under which CUDA runs fp32 matrix products as TF32 on GPUs that have it (Ampere and later), so the
+plan also times the IRM's fp32 products at the dense TF32 peak (TF32_NOTE; a T4 has no TF32 and
+keeps its fp32 time). Tokens: every row padded to max_length (an upper bound). DDP splits the rows
+over the GPUs; its gradient all-reduce is not timed.
 """
 
 from __future__ import annotations
@@ -104,22 +107,32 @@ KNOWN_HOSTS = {
 
 @dataclass(frozen=True)
 class GPU:
-    """A GPU's memory (GB) and dense peak rates (TFLOP/s): 16-bit (bf16; T4: fp16) and fp32 without TF32."""
+    """A GPU's memory (GB) and dense peak rates (TFLOP/s): 16-bit (bf16; T4: fp16), fp32 without
+    TF32, and TF32 (None where the GPU has no TF32)."""
 
     name: str
     memory_gb: float
     peak_16bit_tflops: float
     peak_fp32_tflops: float
+    peak_tf32_tflops: float | None = None
 
 
-# Published datasheet peaks.
+# Published datasheet peaks, dense (the datasheets' TF32 figures with sparsity, halved).
 GPUS = (
     GPU("T4", 16, 65, 8.1),
-    GPU("L4", 24, 121, 30.3),
-    GPU("A100 40GB", 40, 312, 19.5),
-    GPU("A100 80GB", 80, 312, 19.5),
-    GPU("H100 SXM", 80, 989, 67),
-    GPU("H200", 141, 989, 67),
+    GPU("L4", 24, 121, 30.3, 60),
+    GPU("A100 40GB", 40, 312, 19.5, 156),
+    GPU("A100 80GB", 80, 312, 19.5, 156),
+    GPU("H100 SXM", 80, 989, 67, 494.5),
+    GPU("H200", 141, 989, 67, 494.5),
+)
+
+# The assumption behind the IRM's fp32 time, printed with every plan.
+TF32_NOTE = (
+    "IRM's fp32 products at the plain fp32 peak, no TF32: PyTorch's default float32 matmul precision,",
+    "which irmlib keeps. The paper's code set torch.set_float32_matmul_precision(\"medium\"), so on Ampere",
+    "and later GPUs its IRM's fp32 products ran as TF32: the TF32 columns time them at the dense TF32 peak",
+    "(the T4 has no TF32: its fp32 time).",
 )
 
 
@@ -241,10 +254,15 @@ def epoch_flops(profile: Profile, host: HostShape, train_rows: int, val_rows: in
 
 
 def hours(flops: tuple[float, float], gpu: GPU, gpus: int = 1, options: Options = Options(),
-          utilisation: float = UTILISATION) -> float:
-    """Hours for (host FLOPs, IRM FLOPs) on `gpus` GPUs of a kind, each at `utilisation` of its peak."""
+          utilisation: float = UTILISATION, tf32: bool = False) -> float:
+    """Hours for (host FLOPs, IRM FLOPs) on `gpus` GPUs of a kind, each at `utilisation` of its peak.
+    The IRM's products run at the bf16 peak under mixed precision, else at the fp32 peak, or with
+    `tf32` at the TF32 peak where the GPU has one (the paper code's float32 matmul precision)."""
     host_flops, irm_flops = flops
-    irm_peak = gpu.peak_16bit_tflops if options.mixed_precision else gpu.peak_fp32_tflops
+    if options.mixed_precision:
+        irm_peak = gpu.peak_16bit_tflops
+    else:
+        irm_peak = gpu.peak_tf32_tflops if tf32 and gpu.peak_tf32_tflops else gpu.peak_fp32_tflops
     seconds = (host_flops / gpu.peak_16bit_tflops + irm_flops / irm_peak) / (utilisation * 1e12 * gpus)
     return seconds / 3600
 
@@ -274,13 +292,18 @@ def format_hours(value: float) -> str:
 
 
 def gpu_table(parts: Memory, flops: tuple[float, float], runs_x_epochs: int, gpus: int, options: Options) -> list[str]:
-    """One line per GPU kind: its memory, whether the plan fits, and hours where it does."""
-    lines = [f"  {'GPU':<11} {'memory':>7}  {'fits':<4}  {'per epoch':>9}  {'all runs':>9}"]
+    """One line per GPU kind: its memory, whether the plan fits, and hours where it does; where the
+    IRM's products are fp32, also the hours with them at the TF32 peak (TF32_NOTE)."""
+    tf32 = not options.mixed_precision
+    lines = [f"  {'GPU':<11} {'memory':>7}  {'fits':<4}  {'per epoch':>9}  {'all runs':>9}"
+             + (f"  {'TF32: per epoch':>15}  {'all runs':>9}" if tf32 else "")]
     for gpu in GPUS:
-        per_epoch = hours(flops, gpu, gpus, options)
-        times = (format_hours(per_epoch), format_hours(per_epoch * runs_x_epochs)) if fits(parts.total, gpu) else ("-", "-")
-        lines.append(f"  {gpu.name:<11} {gpu.memory_gb:>4g} GB  {'yes' if fits(parts.total, gpu) else 'no':<4}  "
-                     f"{times[0]:>9}  {times[1]:>9}")
+        line = f"  {gpu.name:<11} {gpu.memory_gb:>4g} GB  {'yes' if fits(parts.total, gpu) else 'no':<4}  "
+        for at_tf32 in (False, True) if tf32 else (False,):
+            per_epoch = hours(flops, gpu, gpus, options, tf32=at_tf32)
+            times = (format_hours(per_epoch), format_hours(per_epoch * runs_x_epochs)) if fits(parts.total, gpu) else ("-", "-")
+            line += f"{times[0]:>15}  {times[1]:>9}  " if at_tf32 else f"{times[0]:>9}  {times[1]:>9}  "
+        lines.append(line.rstrip())
     return lines
 
 
@@ -311,6 +334,7 @@ def report(profile: Profile, gpus: int = 1) -> str:
         lines.append(f"  DDP all-reduces {parts.irm_gradients / GB:.2f} GB of IRM gradients per step (not timed)")
     lines += ["", f"Where it fits (<= {USABLE_SHARE:.0%} of a GPU's memory), and the time at {UTILISATION:.0%} of the GPU's peak",
               "(host bf16/fp16, IRM fp32; all runs: every epoch of every run, early stopping ends sooner)",
+              *(f"  {line}" for line in TF32_NOTE),
               *gpu_table(parts, epoch_flops(profile, host, train_rows, val_rows, plain), runs_x_epochs, gpus, plain)]
     if all(fits(parts.total, gpu) for gpu in GPUS):
         return "\n".join(lines)

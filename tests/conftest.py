@@ -1,11 +1,16 @@
-"""Shared fixtures: tiny random hosts built from configs (no downloads), a network guard, a simulated kill."""
+"""Shared fixtures: tiny random hosts built from configs (no downloads), a network guard, a simulated
+kill, and the expensive things many tests read, made once per session: the embedded host, the
+emotion judge and one smoke-profile training of notebook 02's runs."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,11 +75,113 @@ def kill_on_call(monkeypatch, owner, name: str, nth: int, when=lambda *args: Tru
     monkeypatch.setattr(owner, name, wrapper)
 
 
+def tiny_tokenizer():
+    """A word-level tokenizer over the tiny models' vocabulary: "w<i>" is token i, "w2" is EOS, no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(96)} | {"[UNK]": 96}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="w2", unk_token="[UNK]")
+
+
+def striated(layers: int = 6, hidden: int = 20, index: int = 7, seed: int = 0) -> np.ndarray:
+    """A [layers, hidden] magnitude matrix with column `index` 10 larger than the rest in every layer."""
+    matrix = np.random.default_rng(seed).uniform(0, 1, (layers, hidden))
+    matrix[:, index] += 10
+    return matrix
+
+
 @pytest.fixture
 def tiny_host():
     from irmlib.host import Host
 
     return Host.from_model(tiny_model("llama"), name="tiny-llama")
+
+
+@pytest.fixture
+def tiny_text_host():
+    """The tiny random Llama with tiny_tokenizer, so text goes in and out (pad token: EOS, as Host.from_model sets it)."""
+    from irmlib.host import Host
+
+    return Host.from_model(tiny_model("llama"), tokenizer=tiny_tokenizer(), name="tiny-llama")
+
+
+# ----- made once per session: read them, never change them (copy what a test must write to) -----
+
+@pytest.fixture(scope="session")
+def embedded_host():
+    """The embedded host (SmolLM2-135M-Instruct, float32, CPU), loaded once for every test that reads it."""
+    from irmlib.host import load_host
+
+    return load_host("embedded", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def judge():
+    """The emotion judge fitted on data/judge, once per session."""
+    from irmlib.data import load_judge
+    from irmlib.judge import train_judge
+
+    return train_judge(load_judge())
+
+
+SMOKE_TRAINING = "smoke training"
+SMOKE_TRAINING_SCRIPT = """
+from irmlib.data import profile_rows
+from irmlib.host import load_host
+from irmlib.profile import load_profile
+from irmlib.profile_runs import trained_irms
+
+profile = load_profile("smoke")
+trained_irms(load_host(profile.host, device="cpu"), profile, rows=profile_rows(profile))
+"""
+
+
+def start_smoke_training(background: "Background", tmp_path_factory) -> None:
+    """Notebook 02's runs of the smoke profile, trained once per session in a process of their own by
+    the function notebooks 03-06 call when 02 has not run (irmlib.profile_runs.trained_irms, from an
+    empty runs/), under an IRM_ROOT of their own: the background job SMOKE_TRAINING, whose value
+    is (that root, the CompletedProcess)."""
+    if SMOKE_TRAINING in background.jobs:
+        return
+    root = tmp_path_factory.getbasetemp() / "smoke-training"
+    root.mkdir()
+    (root / "data").symlink_to(Path(__file__).parent.parent / "data")
+    command = [sys.executable, "-c", SMOKE_TRAINING_SCRIPT]
+    background.submit(SMOKE_TRAINING, lambda: (root, background.run(command, cwd=root, env={"IRM_ROOT": str(root)})))
+
+
+@pytest.fixture(scope="session")
+def smoke_training(background, tmp_path_factory) -> dict:
+    """The session's smoke training (start_smoke_training): {"root", "profile", "rows", "printed"}.
+    Read it, never write to it: copy it first (`smoke_root`, `copy_smoke_runs`)."""
+    from irmlib.data import profile_rows
+    from irmlib.profile import load_profile
+
+    start_smoke_training(background, tmp_path_factory)
+    root, result = background.result(SMOKE_TRAINING)
+    assert result.returncode == 0, f"the smoke training failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    profile = load_profile("smoke")
+    return {"root": root, "profile": profile, "rows": profile_rows(profile), "printed": result.stdout}
+
+
+def copy_smoke_runs(root: Path, destination: Path) -> Path:
+    """Hard-link the smoke training under `root` (runs/smoke/irm/) into `destination`/runs/smoke/irm/:
+    instant, and safe because a finished run is only read (every write of irmlib replaces a file
+    rather than changing it in place)."""
+    shutil.copytree(root / "runs" / "smoke" / "irm", destination / "runs" / "smoke" / "irm", copy_function=os.link,
+                    dirs_exist_ok=True)
+    return destination
+
+
+@pytest.fixture
+def smoke_root(smoke_training, tmp_path, monkeypatch) -> Path:
+    """A fresh IRM_ROOT holding a copy of the session's smoke training (and data/), for a test that writes runs."""
+    root = copy_smoke_runs(smoke_training["root"], tmp_path / "root")
+    (root / "data").symlink_to(Path(__file__).parent.parent / "data")
+    monkeypatch.setenv("IRM_ROOT", str(root))
+    return root
 
 
 def copy_of_repository(destination: Path) -> Path:
@@ -94,9 +201,131 @@ def copy_of_repository(destination: Path) -> Path:
     return destination
 
 
-@pytest.fixture
-def clean_repository(tmp_path) -> Path:
-    """A clean copy of the repository (see copy_of_repository), with no runs/."""
-    copy = copy_of_repository(tmp_path / "repository")
-    assert not (copy / "runs").exists()
-    return copy
+# ----- long subprocess tests, run in the background beside the in-process ones -----
+
+WORKERS_ENV = "IRM_TEST_WORKERS"
+
+
+class Background:
+    """Jobs that run subprocesses (a notebook alone, the paper profile's pipeline, the smoke
+    training), started as the session starts and run beside the in-process tests, at most
+    `workers` at a time. A test marked `background` waits for its job's result, then checks it;
+    those tests run last, so the in-process tests overlap the jobs.
+
+    Subprocesses get the environment the session started with (tests change os.environ as they
+    run) plus the job's own variables. Jobs run in threads of this process, so a job must not use
+    torch's global state (seeds): whatever needs it runs in the job's subprocess."""
+
+    def __init__(self, workers: int):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers
+        self.environ = dict(os.environ)
+        self.started = time.time()
+        self.timings: dict = {}  # key: (start, seconds), from the session's start
+        self.jobs: dict = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="background-test")
+        self._running: set = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, key, job, after=()) -> None:
+        """Run `job()` when a worker is free, after the jobs `after`; its value is `result(key)`'s."""
+        def run():
+            for other in after:
+                self.jobs[other].result()
+            started = time.time()
+            try:
+                return job()
+            finally:
+                self.timings[key] = (started - self.started, time.time() - started)
+
+        self.jobs[key] = self._pool.submit(run)
+
+    def result(self, key):
+        return self.jobs[key].result()
+
+    def run(self, command: list[str], cwd: Path, env: dict | None = None, timeout: float = 1800):
+        """Run a command to its end (killed after `timeout` s) in the session's environment updated by
+        `env` (a None value unsets a variable); a CompletedProcess with text output."""
+        import subprocess
+
+        environment = {key: value for key, value in {**self.environ, **(env or {})}.items() if value is not None}  # None: unset
+        # The jobs and this process share the cores: one thread each (see `background`).
+        environment.setdefault("OMP_NUM_THREADS", "1")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the test session is over")
+            process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._running.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            stderr += f"\n[killed after {timeout:.0f} s]"
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for process in self._running:
+                process.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background: waits for a subprocess job started when the session starts (conftest.Background)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that wait for a background job run last, so the in-process tests run while the jobs do."""
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """Start the selected tests' background jobs: the smoke training first where anything reads
+    it, then each module's jobs (its `start_background(background, items, tmp_path_factory)`),
+    longest first."""
+    background = Background(int(os.environ.get(WORKERS_ENV) or os.cpu_count() or 1))
+    items = request.session.items
+    if any("smoke_training" in item.fixturenames for item in items):
+        start_smoke_training(background, tmp_path_factory)
+    modules = {}
+    for item in items:
+        if item.get_closest_marker("background") is not None:
+            modules.setdefault(item.module, []).append(item)
+    for module, module_items in sorted(modules.items(), key=lambda m: getattr(m[0], "BACKGROUND_ORDER", 100)):
+        module.start_background(background, module_items, tmp_path_factory)
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    if background.jobs:
+        # This process shares the cores with the jobs: one thread, like each of them (torch's threads
+        # wait on each other at every operation, and a thread that is not running stalls the rest).
+        # The processes tests start get one too, so a run here and one in a child compute alike.
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+    yield background
+    background.close()
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+    request.config.stash[TIMINGS] = (background.workers, background.timings)
+
+
+TIMINGS = pytest.StashKey[tuple]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """When each background job started and how long it ran (seconds from the session's start)."""
+    workers, timings = config.stash.get(TIMINGS, (0, {}))
+    if timings:
+        terminalreporter.section(f"background jobs ({workers} at a time)")
+        for key, (start, seconds) in sorted(timings.items(), key=lambda item: item[1][0]):
+            terminalreporter.write_line(f"{seconds:7.1f}s  from {start:6.1f}s  {key if isinstance(key, str) else ' '.join(key)}")

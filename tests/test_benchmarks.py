@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irmlib.precision import Precision, choose_precision
+from irmlib.precision import Precision
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).parent.parent / "benchmarks" / "run.py")
 bench = importlib.util.module_from_spec(spec)
@@ -46,11 +46,23 @@ def test_machine_key_names_cpu_flags_cores_and_torch():
     assert [p.name for p in precisions] == ["cpu-float32"] and chosen.name == "cpu-float32"
 
 
-def test_precisions_to_run_adds_the_chosen_one():
+def test_precisions_to_run_adds_the_chosen_one(monkeypatch):
+    from irmlib import precision as P
+
     precisions, chosen = bench.precisions_to_run(torch.device("cpu"), "bfloat16")
     assert [p.name for p in precisions] == ["cpu-float32", "cpu-bf16-autocast"]
     assert chosen is precisions[1]
-    assert choose_precision("cpu").name in ("cpu-float32", "cpu-bf16-autocast")
+    # "auto" on a CPU without bf16 flags: float32 alone, timed once.
+    clear = getattr(P._choose_cpu, "cache_clear", lambda: None)
+    monkeypatch.delenv("IRM_PRECISION", raising=False)
+    monkeypatch.setattr(P, "cpu_bf16_support", lambda: {"model_name": "Test CPU", "machine": "x86_64", "flags": ["avx2"], "flags_known": True,
+                                                        "native_bf16_flags": [], "native_bf16": False, "torch_cpu_capability": "AVX2"})
+    clear()
+    try:
+        precisions, chosen = bench.precisions_to_run(torch.device("cpu"))
+    finally:
+        clear()
+    assert [p.name for p in precisions] == ["cpu-float32"] and chosen.name == "cpu-float32"
 
 
 def section(with_bf16: bool) -> dict:

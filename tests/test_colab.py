@@ -93,7 +93,8 @@ def copy_repository(tmp_path: Path, names: list[str]) -> Path:
     root = tmp_path / "repo"
     (root / "notebooks").mkdir(parents=True)
     (root / "scripts").mkdir()
-    for name in ("README.md", "reproduce.sh", "scripts/sync_colab.py"):
+    (root / "requirements").mkdir()
+    for name in ("README.md", "reproduce.sh", "scripts/sync_colab.py", "requirements/pins.txt"):
         shutil.copy(ROOT / name, root / name)
     for name in names:
         shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", root / "notebooks" / f"{name}.ipynb")

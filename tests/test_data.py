@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from irmlib.data import EMOTIONS, DataError, as_datasets, load_alignment, load_judge, rewrite_of
-from irmlib.datasheet import count_table, normalise, opening_shares
 from irmlib.prompts import make_collate, tokenize
+from irmlib.studies.data_sheet import count_table, normalise, opening_shares
 
 
 @pytest.fixture(scope="module")

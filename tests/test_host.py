@@ -52,8 +52,8 @@ def test_llama2_gets_its_inst_chat_template():
 
 
 @pytest.mark.slow
-def test_embedded_host_loads_offline_and_answers():
-    host = load_host("embedded", device="cpu")
+def test_embedded_host_loads_offline_and_answers(embedded_host):
+    host = embedded_host  # load_host("embedded", device="cpu"), offline, once per session (conftest.py)
     assert (host.n_layers, host.hidden_size, host.vocab_size) == (30, 576, 49152)
     assert host.dtype == torch.float32
     messages = [{"role": "user", "content": "What is the capital of France?"}]

@@ -1,5 +1,5 @@
-"""Notebook 06's measurements: the tracker, the hypotheses' predictions, the arms, and the
-definitions every notebook shares (dominant index, signed heatmap matrix, captures)."""
+"""Notebook 06's measurements (irmlib.studies.mechanism): the hypotheses' predictions, the arms
+(arm A sharing notebook 02's runs), their summaries and their tone."""
 
 from __future__ import annotations
 
@@ -10,73 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from irmlib.analysis import caa_steering, host_hidden_states, shared_dominant_index, signed_matrix
-from irmlib.generate import CapturedOutputs
+from conftest import striated, tiny_tokenizer
 from irmlib.irm import IRM, IRMConfig
-from irmlib.mechanism import (StriationTracker, arm_profiles, arm_runs, arm_summary, arm_variant, curve_verdict, frequency_alignment,
-                              gradient_sign_consistency, index_profile, irm_inputs, norm_gains, predictions, token_counts)
 from irmlib.objective import make_paper_collate
 from irmlib.profile import load_profile
-from test_analysis import striated, tiny_tokenizer
+from irmlib.residual import norm_gains
+from irmlib.studies.mechanism import (arm_profiles, arm_runs, arm_summary, arm_tone, arm_variant, curve_verdict, frequency_alignment,
+                                      gradient_sign_consistency, index_profile, predictions, token_counts, tone_table)
 from train_tiny import tiny_rows
-
-
-def test_signed_matrix_keeps_the_sign_and_pools_tokens():
-    a = -torch.ones(1, 2, 3)
-    b = torch.full((3, 2, 3), 5.0)
-    np.testing.assert_allclose(signed_matrix([a, b]), (-1 + 15) / 4)
-    np.testing.assert_allclose(signed_matrix(torch.stack([torch.ones(2, 3), -torch.ones(2, 3)])), 0.0)
-
-
-def test_shared_dominant_index_is_the_most_frequent_with_ties_broken_by_summed_importance():
-    runs = {"a": striated(index=3, seed=0), "b": striated(index=3, seed=1), "c": striated(index=9, seed=2)}
-    assert shared_dominant_index(runs) == 3
-    tie = {"a": striated(index=3, seed=0), "b": striated(index=9, seed=1)}
-    tie["b"][:, 9] += 5  # index 9 is larger in total
-    assert shared_dominant_index(tie) == 9
-    with pytest.raises(ValueError):
-        shared_dominant_index({})
-
-
-def test_captures_keep_prompt_and_generated_tokens_apart(tmp_path):
-    captured = CapturedOutputs([torch.arange(24.0).reshape(4, 2, 3), torch.ones(3, 2, 3)], [1, 2])
-    assert [len(t) for t in captured.part("prompt")] == [1, 2] and [len(t) for t in captured.part("generated")] == [3, 1]
-    size = captured.save(tmp_path / "c.safetensors")
-    loaded = CapturedOutputs.load(tmp_path / "c.safetensors")
-    assert size > 0 and loaded.prompt_tokens == [1, 2] and all(torch.equal(a, b) for a, b in zip(loaded.irm_outputs, captured.irm_outputs))
-    with pytest.raises(ValueError, match="part must be"):
-        captured.part("answer")
-
-
-def test_irm_inputs_are_the_residual_after_layer_0_attention(tiny_host):
-    from irmlib.inject import Injection
-
-    irm = IRM(IRMConfig.for_host(tiny_host, init="torch"))
-    seen = {}
-    original = irm.forward
-    irm.forward = lambda h: seen.setdefault("h", h.detach().clone()) is not None and original(h)
-    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    injection = Injection(tiny_host, irm)
-    with torch.no_grad():
-        tiny_host.model(input_ids=ids, attention_mask=mask)
-    injection.remove()
-    inputs = irm_inputs(tiny_host, ids, mask)
-    assert inputs.shape == (6, tiny_host.hidden_size)
-    torch.testing.assert_close(inputs, seen["h"][mask.bool()])
-
-
-def test_tracker_sees_a_planted_striation(tiny_host):
-    torch.manual_seed(0)
-    irm = IRM(IRMConfig.for_host(tiny_host, init="paper"))
-    inputs = torch.randn(20, tiny_host.hidden_size)
-    before = StriationTracker(inputs)(irm)
-    with torch.no_grad():
-        irm.mlp[-1].bias.view(irm.config.n_injected, -1)[:, 11] = 5.0
-    after = StriationTracker(inputs)(irm)
-    assert after["dominant_index"] == 11 and after["vertical_continuity"] == 1.0
-    assert after["index_share"] > 0.9 > before["index_share"]
-    assert after["top5"].split()[0] == "11"
 
 
 def test_gradient_sign_consistency_is_one_for_a_single_position_and_bounded(tiny_host):
@@ -111,7 +52,7 @@ def test_norm_gains_frequency_alignment_and_predictions(tiny_host):
 
     host = Host(model=tiny_host.model, tokenizer=tiny_tokenizer(), name="tiny", family=tiny_host.family)
     profile = index_profile(host, 7, gains, np.arange(tiny_host.hidden_size, dtype=float), alignment)
-    assert profile["rank_smallest_layer_norm_gain"] == 1 and profile["rank_massive_ratio"] == tiny_host.hidden_size - 7
+    assert profile["rank_smallest_layer_norm_gain"] == 1 and profile["rank_largest_massive_ratio"] == tiny_host.hidden_size - 7
     column = host.lm_head.weight[:, 7]
     assert profile["eos_rank_along_index"] == int((column > column[2]).sum()) + 1 and len(profile["promoted"]) == 10
 
@@ -144,43 +85,74 @@ def test_arms_of_the_cpu_profile():
 def test_arm_summary_and_curve_verdict():
     results = [{"run": f"r{i}", "index_share": 0.5, "layer_share": 0.1, "vertical_continuity": 0.8, "best_val_loss": 2.0,
                 "dominant_index": 3, "matrix": striated(index=3, seed=i)} for i in range(3)]
-    summary = arm_summary(results)
+    summary = arm_summary(results, hidden=20, k=5)
     assert summary["shared_dominant_index"] == 3 and summary["top1_agreement"] == 1.0 and summary["runs"] == 3
-    assert np.isnan(arm_summary(results[:1])["top1_agreement"])
+    assert summary["pairs"] == 3 and summary["top1_chance"] == 1 / 20 and summary["top5_chance"] == 5 / 20
+    assert summary["dominant_indices"] == [3, 3, 3]
+    assert np.isnan(arm_summary(results[:1], hidden=20)["top1_agreement"])
+    apart = [results[0] | {"run": f"s{i}", "matrix": striated(index=index, seed=i), "dominant_index": index}
+             for i, index in enumerate((3, 9))]
+    disagreeing = arm_summary(apart, hidden=20, k=5)
+    assert disagreeing["shared_dominant_index"] is None and disagreeing["top1_agreement"] == 0.0 and disagreeing["pairs"] == 1
     flat = pd.DataFrame({"run": ["a"] * 4, "step": [0, 10, 20, 30], "index_share": [0.1, 0.5, 0.505, 0.51]})
     rising = flat.assign(index_share=[0.1, 0.2, 0.3, 0.4])
     assert curve_verdict(flat)["curve"] == "had flattened" and curve_verdict(rising)["curve"] == "was still moving"
     assert curve_verdict(pd.DataFrame())["curve"] == "not tracked"
 
 
-def test_caa_steering_is_the_last_token_difference_of_block_outputs(tiny_host):
-    from irmlib.host import Host
+class LengthJudge:
+    """p(anger) grows with the text's length: the same text gets the same score."""
 
-    host = Host(model=tiny_host.model, tokenizer=tiny_tokenizer(), name="tiny", family=tiny_host.family)
-    pairs = [("w5 w6 w7", "w8 w9"), ("w10 w11", "w12 w13 w14 w15")]
-    vector = caa_steering(host, pairs, batch_size=1)
-    assert vector.shape == (host.n_layers, host.hidden_size)
-    last = lambda text: host_hidden_states(host, texts=[text])[-1].double().numpy()  # [layers, hidden] at the last token
-    expected = np.mean([last(p) - last(n) for p, n in pairs], axis=0)
-    np.testing.assert_allclose(vector, expected, atol=1e-4)
+    labels = ["anger", "neutral"]
+
+    def probabilities(self, texts):
+        p = np.array([min(len(t) / 100, 1.0) for t in texts])
+        return pd.DataFrame({"anger": p, "neutral": 1 - p})
 
 
 @pytest.mark.slow
-def test_arm_tone_prompts_each_arm_as_it_trained():
-    from irmlib.host import load_host
-    from irmlib.mechanism import arm_tone
+def test_tone_table_pairs_each_model_with_the_base(embedded_host):
+    unchanged = IRM(IRMConfig.for_host(embedded_host, injected_layers=(0, 29)))  # zero init: the host's own text
+    questions = ["Name a colour.", "What is 2 + 2?"]
+    table = tone_table(embedded_host, LengthJudge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=2)
+    assert table.index.tolist() == ["base", "zero-init"]
+    assert table.loc["base", "verdict"] == "base" and table.loc["zero-init", "verdict"] == "did not clearly change"
+    assert table.loc["zero-init", "p_target_change"] == 0.0 and table.loc["zero-init", "scored"] == 2
+    assert table.loc["zero-init", "p_target"] == table.loc["base", "p_target"]
+    assert table.loc["zero-init", "text"] == table.loc["base", "text"]  # the same text judged the same way
+    too_few = tone_table(embedded_host, LengthJudge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=3)
+    assert too_few.loc["zero-init", "verdict"].startswith("not tested")
 
-    class LengthJudge:
-        labels = ["anger", "neutral"]
 
-        def probabilities(self, texts):
-            p = np.array([min(len(t) / 100, 1.0) for t in texts])
-            return pd.DataFrame({"anger": p, "neutral": 1 - p})
-
-    host = load_host("embedded", device="cpu")
+@pytest.mark.slow
+def test_arm_tone_prompts_each_arm_as_it_trained(embedded_host):
     arms = arm_profiles(load_profile("smoke"))
-    zero = IRM(IRMConfig.for_host(host, injected_layers=(0, 29), init="zero"))  # the host's own text, either format
-    tone = arm_tone(host, LengthJudge(), {"A": zero, "F": zero}, arms, "anger", ["Name a colour.", "What is 2 + 2?"], 6)
+    zero = IRM(IRMConfig.for_host(embedded_host, injected_layers=(0, 29), init="zero"))  # the host's own text, either format
+    tone = arm_tone(embedded_host, LengthJudge(), {"A": zero, "F": zero}, arms, "anger", ["Name a colour.", "What is 2 + 2?"], 6,
+                    min_scored=2)
     assert tone.index.tolist() == ["base (plain)", "arm A", "base (chat)", "arm F"]
     assert tone.loc["arm A", "prompt_format"] == "plain" and tone.loc["arm F", "prompt_format"] == "chat"
     assert (tone.loc[["arm A", "arm F"], "p_target_change"] == 0).all()
+
+
+@pytest.mark.slow
+def test_arm_a_shares_notebook_02s_runs(embedded_host, smoke_root, smoke_training):
+    """Arm A trains exactly as the profile's own runs: run_arm finds notebook 02's finished run
+    (no variant, no training) and measures it; arm B trains a run of its own."""
+    from irmlib.runs import eval_questions, irm_dir, run_dir
+    from irmlib.studies.mechanism import run_arm
+
+    profile, rows = smoke_training["profile"], smoke_training["rows"]
+    arms = arm_profiles(profile)
+    assert arm_variant(profile, arms["A"], "A") == "" and arm_variant(profile, arms["B"], "B") == "armB"
+    shared = run_dir(profile, "anger", 0)
+    done_before = (shared / "done.json").read_text()
+    weights_mtime = (shared / "best" / "irm.safetensors").stat().st_mtime_ns
+    before = {p.name for p in irm_dir(profile).iterdir()}
+    questions = eval_questions(profile, rows)[:2]
+    result = run_arm(embedded_host, profile, arms, "A", "anger", 0, rows, None, questions)  # no tracker: nothing trains
+    assert result["irm_dir"] == shared / "best" and result["run"] == "A:anger-seed0"
+    assert {p.name for p in irm_dir(profile).iterdir()} == before, "arm A made a run directory of its own"
+    assert (shared / "done.json").read_text() == done_before and (shared / "best" / "irm.safetensors").stat().st_mtime_ns == weights_mtime
+    assert result["steps"] == profile.train.max_steps and result["matrix"].shape == (len(profile.irm["injected_layers"]), embedded_host.hidden_size)
+    assert not result["tracking"].empty, "02's tracked striation metrics are arm A's curve"

@@ -59,35 +59,10 @@ def test_committed_notebooks_read_cleanly_and_come_from_one_run_at_one_clean_com
 
 
 def test_metrics_of_the_default_run_are_committed_whole():
-    from irmlib.files import METRICS_SCHEMA, check_metrics
+    from irmlib.metrics import METRICS_SCHEMA, check_metrics
 
     metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
     assert set(metrics) == set(METRICS_SCHEMA)
     for section, values in metrics.items():
         check_metrics(section, values)
     assert list((ROOT / "figures" / "cpu").glob("*.png"))
-
-
-def _numbers(value) -> list[float]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _numbers(v)]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _numbers(v)]
-    return []
-
-
-def test_readme_findings_quote_the_committed_run():
-    """Every decimal number in README's "What the default run found" is a number of the committed
-    run's metrics.json, to the precision printed (so README cannot drift from the run)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## What the default run found", 1)[1].split("\n## ", 1)[0]
-    metrics = json.loads((ROOT / "figures" / "cpu" / "metrics.json").read_text())
-    values = _numbers(metrics)
-    quoted = re.findall(r"(?<![\d.])(-?\d+\.\d+)(?![\d.])", section)  # a sign is part of the number
-    assert quoted, "the findings quote numbers"
-    missing = [q for q in quoted if not any(round(v, len(q.split(".")[1])) == float(q) for v in values)]
-    assert not missing, f"README quotes numbers that are not in figures/cpu/metrics.json: {missing}"

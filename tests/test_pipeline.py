@@ -117,7 +117,7 @@ def test_child_peak_rss_ignores_children_started_before_the_block():
 
 
 def test_metrics_sections_are_checked_against_the_schema(tmp_path):
-    from irmlib.files import MetricsSchemaError, update_metrics
+    from irmlib.metrics import MetricsSchemaError, update_metrics
 
     path = tmp_path / "metrics.json"
     with pytest.raises(MetricsSchemaError, match="Unknown metrics section '07_extra'.*METRICS_SCHEMA"):

@@ -99,13 +99,15 @@ def test_missing_cpuinfo_means_float32(tmp_path, monkeypatch):
     assert not support["flags_known"] and not support["native_bf16"]
 
 
-def test_probe_is_short_and_returns_a_ratio():
+def test_probe_times_both_matmuls_on_one_thread_and_restores_the_threads(monkeypatch):
     threads = torch.get_num_threads()
-    probe = P.probe_cpu_bf16(repeats=2)
-    assert torch.get_num_threads() == threads and probe["threads"] == 1  # one thread while probing, restored after
-    assert probe["fp32_s"] > 0 and probe["bf16_s"] > 0
-    assert probe["ratio"] == pytest.approx(probe["bf16_s"] / probe["fp32_s"])
-    assert probe["fp32_s"] + probe["bf16_s"] < 2.0
+    seen = []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), set_threads(n)))
+    probe = P.probe_cpu_bf16(shape=(64, 64, 64), repeats=2)
+    assert seen == [1, threads] and torch.get_num_threads() == threads  # one thread while probing, restored after
+    assert probe["threads"] == 1 and probe["shape"] == [64, 64, 64]
+    assert probe["fp32_s"] > 0 and probe["bf16_s"] > 0 and probe["ratio"] > 0
 
 
 # --- CPU choice ----------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def test_cpu_with_native_bf16_and_a_fast_probe_gets_bf16_autocast(monkeypatch):
     monkeypatch.setattr(P, "probe_cpu_bf16", probe_returning(0.45))
     chosen = P.choose_precision("cpu")
     assert chosen.name == "cpu-bf16-autocast"
-    assert chosen.autocast_dtype is torch.bfloat16 and chosen.host_dtype is torch.float32 and chosen.irm_dtype is torch.float32
+    assert chosen.autocast_dtype is torch.bfloat16 and chosen.host_dtype is torch.float32
     assert chosen.reason == "CPU has avx512_bf16; probe: bf16 matmul 0.45x fp32"
 
 
@@ -163,7 +165,7 @@ def test_t4_gets_float16_host_weights_not_emulated_bf16(monkeypatch):
     assert torch.cuda.is_bf16_supported()  # the default call would have said yes
     chosen = P.choose_precision("cuda")
     assert chosen.name == "cuda-float16-host"
-    assert chosen.host_dtype is torch.float16 and chosen.autocast_dtype is None and chosen.irm_dtype is torch.float32
+    assert chosen.host_dtype is torch.float16 and chosen.autocast_dtype is None
     assert "Tesla T4 (capability 7.5)" in chosen.reason and "emulated" in chosen.reason
     with pytest.raises(P.PrecisionError, match="no native bf16"):
         P.choose_precision("cuda", "bfloat16")
@@ -174,7 +176,7 @@ def test_t4_gets_float16_host_weights_not_emulated_bf16(monkeypatch):
 def test_ampere_and_hopper_get_bf16(monkeypatch, capability, name):
     fake_gpu(monkeypatch, capability, name)
     chosen = P.choose_precision("cuda:0")
-    assert chosen.name == "cuda-bfloat16" and chosen.host_dtype is torch.bfloat16 and chosen.irm_dtype is torch.float32
+    assert chosen.name == "cuda-bfloat16" and chosen.host_dtype is torch.bfloat16
     assert chosen.details["gpu"]["capability"] == f"{capability[0]}.{capability[1]}"
     forced = P.choose_precision("cuda", "fp16")
     assert forced.name == "cuda-float16-host" and forced.host_dtype is torch.float16
@@ -185,7 +187,7 @@ def test_as_dict_is_json_ready(monkeypatch):
     monkeypatch.setattr(P, "probe_cpu_bf16", probe_returning(0.4))
     record = json.loads(json.dumps(P.choose_precision("cpu").as_dict()))
     assert record["name"] == "cpu-bf16-autocast" and record["host_dtype"] == "float32"
-    assert record["autocast_dtype"] == "bfloat16" and record["irm_dtype"] == "float32"
+    assert record["autocast_dtype"] == "bfloat16" and "irm_dtype" not in record  # the IRM is always float32
     assert record["details"]["probe"]["ratio"] == 0.4 and record["details"]["cpu"]["native_bf16"]
 
 

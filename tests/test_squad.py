@@ -15,11 +15,9 @@ from irmlib.squad import build_squad_alignment, rewrite_batches, squad_pairs
 SQUAD_TINY = Path(__file__).parent / "fixtures" / "squad_tiny.json"
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    from irmlib.host import load_host
-
-    return load_host("embedded", device="cpu")
+@pytest.fixture
+def embedded(embedded_host):
+    return embedded_host
 
 
 def test_squad_pairs_take_answers_then_plausible_answers():
@@ -30,7 +28,7 @@ def test_squad_pairs_take_answers_then_plausible_answers():
 
 def test_squad_pairs_bad_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.json").write_text("[1, 2]\n")
-    with pytest.raises(DataError, match="not a SQuAD-format JSON"):
+    with pytest.raises(DataError, match=r"x\.json, top level: expected an object, got list\. A SQuAD-format file is"):
         squad_pairs(tmp_path / "x.json")
 
 

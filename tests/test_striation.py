@@ -1,4 +1,5 @@
-"""Striation analysis: known-answer matrices, and hidden states of a tiny random host."""
+"""Striation measures (irmlib.striation): known-answer matrices, the shared dominant index, the
+signed heatmap matrix and the tracker that measures striations during training."""
 
 from __future__ import annotations
 
@@ -6,26 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from irmlib.analysis import (
-    dominant_index, host_hidden_states, host_index_table, importance_correlations, index_importance,
-    magnitude_matrix, massive_activation_ratio, mean_difference_steering, rank_of, shuffled_control,
-    top_k_agreement, top_k_indices, variance_shares, vertical_continuity,
+from conftest import striated
+from irmlib.irm import IRM, IRMConfig
+from irmlib.striation import (
+    StriationTracker, dominant_index, importance_correlations, index_importance, magnitude_matrix, rank_of,
+    shared_dominant_index, shuffled_control, signed_matrix, top_k_agreement, top_k_indices, variance_shares,
+    vertical_continuity,
 )
-
-
-def striated(layers: int = 6, hidden: int = 20, index: int = 7, seed: int = 0) -> np.ndarray:
-    matrix = np.random.default_rng(seed).uniform(0, 1, (layers, hidden))
-    matrix[:, index] += 10
-    return matrix
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(96)} | {"[UNK]": 96}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="w2", unk_token="[UNK]")
 
 
 def test_magnitude_matrix_pools_tokens_across_sequences_and_takes_abs():
@@ -112,87 +100,38 @@ def test_shuffled_control_keeps_rows_but_breaks_striations():
     assert not np.array_equal(shuffled, shuffled_control(matrix, seed=4))
 
 
-def layer_outputs(host, input_ids):
-    """What each decoder layer returns, caught with forward hooks: `[batch, seq, layers, hidden]`."""
-    caught = []
-    hooks = [layer.register_forward_hook(lambda m, a, out: caught.append(out[0] if isinstance(out, tuple) else out))
-             for layer in host.layers]
-    with torch.inference_mode():
-        normed_last = host.model(input_ids=input_ids, output_hidden_states=True).hidden_states[-1]
-    for hook in hooks:
-        hook.remove()
-    return torch.stack(caught, dim=2), normed_last
+def test_signed_matrix_keeps_the_sign_and_pools_tokens():
+    a = -torch.ones(1, 2, 3)
+    b = torch.full((3, 2, 3), 5.0)
+    np.testing.assert_allclose(signed_matrix([a, b]), (-1 + 15) / 4)
+    np.testing.assert_allclose(signed_matrix(torch.stack([torch.ones(2, 3), -torch.ones(2, 3)])), 0.0)
 
 
-def test_host_hidden_states_are_the_raw_residual_stream_of_every_layer(tiny_host):
-    input_ids = torch.randint(3, 97, (2, 5))
-    raw, normed_last = layer_outputs(tiny_host, input_ids)
-    states = host_hidden_states(tiny_host, input_ids=input_ids)
-    assert states.shape == (10, tiny_host.n_layers, tiny_host.hidden_size)
-    torch.testing.assert_close(states, raw.reshape(10, tiny_host.n_layers, -1))
-    # HF's own last hidden state went through the final norm, so it differs from the raw stream.
-    assert not torch.allclose(normed_last.reshape(10, -1), states[:, -1])
+def test_shared_dominant_index_is_the_most_frequent_with_ties_broken_by_pooled_importance():
+    runs = {"a": striated(index=3, seed=0), "b": striated(index=3, seed=1), "c": striated(index=9, seed=2)}
+    assert shared_dominant_index(runs) == 3
+    # A tie between indices that each dominate two runs goes to the larger pooled importance.
+    tie = {"a": striated(index=3, seed=0), "b": striated(index=3, seed=1), "c": striated(index=9, seed=2), "d": striated(index=9, seed=3)}
+    tie["c"][:, 9] += 5
+    tie["d"][:, 9] += 5  # index 9 is larger in its runs
+    assert shared_dominant_index(tie) == 9
+    # Several runs, no index dominating two of them: no shared index (it was the larger one, 9, before).
+    apart = {"a": striated(index=3, seed=0), "b": striated(index=9, seed=1)}
+    apart["b"][:, 9] += 5
+    assert shared_dominant_index(apart) is None
+    assert shared_dominant_index({"a": striated(index=4)}) == 4
+    with pytest.raises(ValueError):
+        shared_dominant_index({})
 
 
-def test_host_hidden_states_drop_padding(tiny_host):
-    long, short = torch.randint(3, 97, (1, 6)), torch.randint(3, 97, (1, 3))
-    input_ids = torch.cat([long, torch.cat([short, torch.zeros(1, 3, dtype=torch.long)], 1)])
-    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
-    states = host_hidden_states(tiny_host, input_ids=input_ids, attention_mask=mask)
-    alone = torch.cat([host_hidden_states(tiny_host, input_ids=long), host_hidden_states(tiny_host, input_ids=short)])
-    assert states.shape[0] == 9
-    torch.testing.assert_close(states, alone, atol=1e-5, rtol=1e-5)
-
-
-def test_host_hidden_states_from_texts_with_a_tokenizer_lacking_a_pad_token():
-    from conftest import tiny_model
-    from irmlib.host import FAMILIES, Host
-
-    host = Host(model=tiny_model("llama"), tokenizer=tiny_tokenizer(), name="tiny", family=FAMILIES["llama"])
-    assert host.tokenizer.pad_token is None
-    states = host_hidden_states(host, texts=["w5 w6 w7 w8", "w9"], max_length=3)
-    assert states.shape == (3 + 1, host.n_layers, host.hidden_size)  # truncated to 3, padding dropped
-    torch.testing.assert_close(states, host_hidden_states(host, input_ids=torch.tensor([[5, 6, 7], [9, 2, 2]]),
-                                                          attention_mask=torch.tensor([[1, 1, 1], [1, 0, 0]])))
-
-
-def test_massive_activation_ratio_finds_a_planted_index():
-    states = torch.ones(50, 3, 16)
-    states[10, 1, 5] = -400.0  # one token, one layer
-    ratio = massive_activation_ratio(states)
-    assert ratio.shape == (3, 16)
-    assert ratio[1, 5] == pytest.approx(400.0)
-    assert np.unravel_index(ratio.argmax(), ratio.shape) == (1, 5)
-    np.testing.assert_allclose(np.delete(ratio.ravel(), 1 * 16 + 5), 1.0)
-
-
-def test_host_index_table_lines_up_host_properties_per_index(tiny_host):
+def test_tracker_sees_a_planted_striation(tiny_host):
+    torch.manual_seed(0)
+    irm = IRM(IRMConfig.for_host(tiny_host, init="paper"))
+    inputs = torch.randn(20, tiny_host.hidden_size)
+    before = StriationTracker(inputs)(irm)
     with torch.no_grad():
-        tiny_host.final_norm.weight.fill_(1.0)
-        tiny_host.final_norm.weight[3] = -7.0
-        tiny_host.lm_head.weight.zero_()
-        tiny_host.lm_head.weight[:4, 11] = 1.0  # column 11 has norm sqrt(4)
-    states = torch.ones(8, tiny_host.n_layers, tiny_host.hidden_size)
-    states[0, 2, 20] = 30.0
-    table = host_index_table(tiny_host, states)
-    assert list(table.columns) == ["massive_ratio_max", "final_norm_weight", "lm_head_column_norm"]
-    assert len(table) == tiny_host.hidden_size
-    assert table["massive_ratio_max"].idxmax() == 20 and table.loc[20, "massive_ratio_max"] == pytest.approx(30.0)
-    assert table["final_norm_weight"].idxmax() == 3 and table.loc[3, "final_norm_weight"] == 7.0
-    assert table.loc[11, "lm_head_column_norm"] == pytest.approx(2.0) and table["lm_head_column_norm"].sum() == 2.0
-
-
-def test_mean_difference_steering_pools_real_tokens(tiny_host):
-    emotion_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
-    emotion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    neutral_ids = torch.tensor([[20, 21, 22]])
-    steering = mean_difference_steering(tiny_host, (emotion_ids, emotion_mask), (neutral_ids, torch.ones_like(neutral_ids)))
-    assert steering.shape == (tiny_host.n_layers, tiny_host.hidden_size)
-    raw_emotion_a, _ = layer_outputs(tiny_host, emotion_ids[:1])
-    raw_emotion_b, _ = layer_outputs(tiny_host, emotion_ids[1:, :2])
-    raw_neutral, _ = layer_outputs(tiny_host, neutral_ids)
-    emotion_tokens = torch.cat([raw_emotion_a[0], raw_emotion_b[0]])  # 6 tokens, weighted equally
-    expected = emotion_tokens.double().mean(0) - raw_neutral[0].double().mean(0)
-    np.testing.assert_allclose(steering, expected.numpy(), atol=1e-5)
-    same = mean_difference_steering(tiny_host, (neutral_ids, torch.ones_like(neutral_ids)), (neutral_ids, torch.ones_like(neutral_ids)))
-    np.testing.assert_array_equal(same, 0.0)
+        irm.mlp[-1].bias.view(irm.config.n_injected, -1)[:, 11] = 5.0
+    after = StriationTracker(inputs)(irm)
+    assert after["dominant_index"] == 11 and after["vertical_continuity"] == 1.0
+    assert after["index_share"] > 0.9 > before["index_share"]
+    assert after["top5"].split()[0] == "11"
