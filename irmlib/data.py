@@ -6,8 +6,8 @@ Judge rows (`data/judge/judge.jsonl`): id, text, label, kind, split.
 Judge evaluation rows (`data/judge_eval/`, fixed and hashed): tone.jsonl (id, text, label, source,
 hard_case, split) and gate.jsonl (id, text, label, source, split); see data/judge_eval/README.md.
 
-Prompts and tokenising live in prompts.py, the SQuAD generator in squad.py, the datasheet's
-statistics in datasheet.py.
+Prompts and tokenising live in prompts.py, the SQuAD generator in squad.py, the data sheet's
+statistics in studies/data_sheet.py.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def as_datasets(rows: list[dict], emotion: str | None = None, limit: int | None 
         if emotion is None or row.get("emotion", row.get("label")) == emotion:
             by_split[row["split"]].append({k: v for k, v in row.items() if not k.startswith("_")})
     return datasets.DatasetDict({
-        split: datasets.Dataset.from_list(by_split[split][:limit] if limit else by_split[split])
+        split: datasets.Dataset.from_list(by_split[split][:limit] if limit is not None else by_split[split])
         for split in SPLITS if by_split[split]
     })
 

@@ -1,7 +1,7 @@
 """Type checks for the fields of the configuration dataclasses (profile, train, IRM, analysis
 sections), read from their annotations, so every section is checked by one rule: an int is a
-whole number in 0 .. 2**63 - 1 (not a bool), a float a finite number, a tuple a list of its item
-type, `X | None` also None."""
+whole number in 0 .. 2**63 - 1 (not a bool), a PositiveInt one in 1 .. 2**63 - 1, a float a
+finite number, a tuple a list of its item type, `X | None` also None."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import types
 import typing
 
 INT_LIMIT = 2**63
+# A count that 0 would make meaningless or silently mean something else (epochs, a row limit).
+PositiveInt = typing.NewType("PositiveInt", int)
 
 
 def _describe(kind) -> str:
@@ -17,8 +19,8 @@ def _describe(kind) -> str:
         return " or ".join(_describe(k) for k in typing.get_args(kind))
     if typing.get_origin(kind) is tuple:
         return f"a list (each item {_describe(typing.get_args(kind)[0])})"
-    return {int: "a whole number from 0", float: "a finite number", bool: "true or false", str: "a string", dict: "a mapping",
-            type(None): "null"}.get(kind, str(kind))
+    return {int: "a whole number from 0 to 2**63 - 1", PositiveInt: "a whole number from 1 to 2**63 - 1", float: "a finite number",
+            bool: "true or false", str: "a string", dict: "a mapping", type(None): "null"}.get(kind, str(kind))
 
 
 def convert(value, kind):
@@ -43,14 +45,21 @@ def convert(value, kind):
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INT_LIMIT:
-            raise ValueError(f"expected a whole number from 0 to 2**63 - 1, got {value!r}")
+    if kind in (int, PositiveInt):
+        lowest = 1 if kind is PositiveInt else 0
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value < INT_LIMIT:
+            raise ValueError(f"expected {_describe(kind)}, got {value!r}")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a finite number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond the float range, e.g. 10**400
+            raise ValueError("expected a finite number, got an integer too large for a float (over 1.8e308)") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     if kind in (str, dict):
         if not isinstance(value, kind):
             raise ValueError(f"expected {_describe(kind)}, got {value!r}")

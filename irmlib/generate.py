@@ -91,10 +91,12 @@ PAPER_PROMPTS = (
 @dataclass
 class CapturedOutputs:
     """IRM outputs of generations, prompt and generated tokens kept apart: per question one
-    [tokens, injected_layers, hidden] tensor whose first `prompt_tokens[i]` rows are the prompt's."""
+    [tokens, injected_layers, hidden] tensor whose first `prompt_tokens[i]` rows are the prompt's,
+    and the greedy tokens generated at most after each prompt (None: not recorded)."""
 
     irm_outputs: list[torch.Tensor]
     prompt_tokens: list[int]
+    new_tokens: int | None = None
 
     def part(self, which: str = "all") -> list[torch.Tensor]:
         """"all" tokens, the "prompt" tokens or the "generated" ones of every question."""
@@ -107,10 +109,11 @@ class CapturedOutputs:
         raise ValueError(f"part must be 'all', 'prompt' or 'generated', got '{which}'.")
 
     def save(self, path) -> int:
-        """One safetensors file, written atomically, the prompt lengths in its metadata; returns its size in bytes."""
+        """One safetensors file, written atomically, the prompt lengths and new_tokens in its metadata;
+        returns its size in bytes."""
         with atomic_path(path) as tmp:
             save_file({f"seq{i:05d}": t.contiguous() for i, t in enumerate(self.irm_outputs)}, str(tmp),
-                      metadata={"prompt_tokens": json.dumps(self.prompt_tokens)})
+                      metadata={"prompt_tokens": json.dumps(self.prompt_tokens), "new_tokens": json.dumps(self.new_tokens)})
         return path.stat().st_size
 
     @classmethod
@@ -118,7 +121,9 @@ class CapturedOutputs:
         """The captures saved at `path`; RunFileError, naming the file, where it is damaged."""
         try:
             with safe_open(str(path), framework="pt") as handle:
-                prompt_tokens = json.loads((handle.metadata() or {}).get("prompt_tokens", "[]"))
+                metadata = handle.metadata() or {}
+                prompt_tokens = json.loads(metadata.get("prompt_tokens", "[]"))
+                new_tokens = json.loads(metadata.get("new_tokens", "null"))
                 outputs = [handle.get_tensor(k) for k in sorted(handle.keys())]
         except (SafetensorError, OSError, json.JSONDecodeError) as err:
             raise RunFileError(f"{path}: not readable as captured IRM outputs ({err}). Delete it: the notebook that needs it "
@@ -126,7 +131,7 @@ class CapturedOutputs:
         if len(prompt_tokens) != len(outputs):
             raise RunFileError(f"{path}: {len(outputs)} captured sequences but {len(prompt_tokens)} prompt lengths. Delete it: "
                                f"the notebook that needs it captures it again.")
-        return cls(outputs, prompt_tokens)
+        return cls(outputs, prompt_tokens, new_tokens)
 
 
 def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: str = "plain", new_tokens: int = 10,
@@ -137,15 +142,18 @@ def capture_irm_outputs(host: Host, irm, questions: list[str], prompt_format: st
     with inject(host, irm, masked_indices=masked_indices) as injection:
         generations = generate(host, questions, injection, prompt_format=prompt_format, max_new_tokens=new_tokens,
                                batch_size=batch_size, capture=True)
-    return CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations])
+    return CapturedOutputs([g.irm_outputs for g in generations], [g.prompt_tokens for g in generations], new_tokens)
 
 
 def load_or_capture(host: Host, irm, questions: list[str], prompt_format: str, path, new_tokens: int = 10) -> CapturedOutputs:
-    """The IRM outputs saved at `path` (notebook 04 writes them), else captured as 04 does and saved
-    there, so a notebook that reads 04's captures also runs alone."""
+    """The IRM outputs saved at `path` (notebook 04 writes them) if they were captured with
+    `new_tokens`, else captured as 04 does and saved there, so a notebook that reads 04's captures
+    also runs alone."""
     path = Path(path)
     if path.exists():
-        return CapturedOutputs.load(path)
+        saved = CapturedOutputs.load(path)
+        if saved.new_tokens == new_tokens:
+            return saved
     captured = capture_irm_outputs(host, irm, questions, prompt_format, new_tokens=new_tokens)
     captured.save(path)
     return captured

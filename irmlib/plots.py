@@ -62,7 +62,8 @@ def tradeoff(table) -> plt.Figure:
     """Alignment and fluency as the IRM's scale alpha grows, every alpha of the sweep on the x axis:
     the mean judge probability of the target emotion (left) and the median perplexity under the
     base host (right, log scale). An alpha at which no generation had two words has no score: it
-    is drawn as an open marker on the axis and named in the legend, never dropped.
+    is drawn as an x at 0 on the left and at 1 (the least perplexity) on the right, and named in
+    the right panel's legend, never dropped.
 
     table: one row per (emotion, alpha) with p_target, median_perplexity and scored (studies.generations.alpha_table).
     """

@@ -17,7 +17,7 @@ import yaml
 from .data import EMOTIONS, DuplicateKey, unique_keys
 from .environment import repo_root
 from .errors import CompanionError
-from .fieldtypes import check_fields
+from .fieldtypes import PositiveInt, check_fields
 from .irm import IRM_FIELDS, IRMConfig
 from .prompts import PROMPT_FORMATS
 from .runs import run_name
@@ -74,15 +74,15 @@ class Profile:
     data: str = "curated"  # curated: data/alignment; squad: built by the paper's generator
     emotions: tuple[str, ...] = ("anger", "sadness", "joy", "neutral")
     seeds: tuple[int, ...] = (0,)
-    data_limit: int | None = None  # rows per split and emotion (None: all)
+    data_limit: PositiveInt | None = None  # rows per split and emotion (None: all)
     prompt_format: str = "chat"  # chat: the host's chat template; plain: question + " " (the paper)
     loss_on: str = "answer"  # answer: answer tokens only; all: question and answer (the paper)
     train: TrainConfig = field(default_factory=TrainConfig)  # the `train:` and `irm:` sections
-    max_new_tokens: int = 48
-    n_eval_prompts: int = 24
+    max_new_tokens: PositiveInt = 48
+    n_eval_prompts: PositiveInt = 24
     retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
     precision_check: tuple[str, ...] = ()  # runs notebook 02 trains again in float32 to compare (where bf16 applies)
-    squad_rows: int | None = None  # paper profile: questions taken from SQuAD (None: all)
+    squad_rows: PositiveInt | None = None  # paper profile: questions taken from SQuAD (None: all)
     squad_source: str | None = None  # a local SQuAD-format JSON file; None: the hub's rajpurkar/squad_v2
     mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # the `analysis:` section
@@ -96,10 +96,6 @@ class Profile:
         for key, allowed in (("data", DATA_SOURCES), ("prompt_format", PROMPT_FORMATS), ("loss_on", LOSS_ON)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}.")
-        for key in ("max_new_tokens", "n_eval_prompts"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}.")
         if not self.emotions or not self.seeds:
             raise ValueError("emotions and seeds must each name at least one.")
         runs_of_profile = {run_name(e, seed) for e in self.emotions for seed in self.seeds}
@@ -126,7 +122,8 @@ class Profile:
     def differences(self, reference: str = "paper") -> dict:
         """The knobs whose value differs from the `reference` profile's (the paper's setup), as
         {knob: (this, reference)}, notebook 06's arms left out: what a notebook shows of its profile."""
-        mine, other = self.knobs(), load_profile(reference).knobs()
+        # The reference as its files give it: IRM_PROFILE_OVERRIDES changes the profile shown, not the paper's setup.
+        mine, other = self.knobs(), file_profile(reference).knobs()
         return {key: (value, other[key]) for key, value in mine.items() if key not in ("name", "mechanism") and value != other[key]}
 
 
@@ -262,15 +259,20 @@ def _named(function, source: str):
     return call
 
 
+def file_profile(name: str) -> Profile:
+    """A profile as its files give it (the file `name` and every file it extends), without
+    `IRM_PROFILE_OVERRIDES`."""
+    profile = Profile(name=name)
+    for path, values in profile_files(name):
+        profile = _named(with_overrides, f"Profile file {path}")(profile, values)
+    return profile
+
+
 def load_profile(name: str | None = None, **overrides) -> Profile:
     """Read a profile by name (and the profiles it extends), then apply the overrides of
     `IRM_PROFILE_OVERRIDES`, then these field overrides (a notebook's `overrides` parameter). None
     is a value (`track_every=None` switches tracking off), not "not given"."""
-    name = name or profile_from_env()
-    profile = Profile(name=name)
-    for path, values in profile_files(name):
-        profile = _named(with_overrides, f"Profile file {path}")(profile, values)
-    profile = _named(with_overrides, OVERRIDES_ENV)(profile, overrides_from_env())
+    profile = _named(with_overrides, OVERRIDES_ENV)(file_profile(name or profile_from_env()), overrides_from_env())
     return with_overrides(profile, overrides)
 
 

@@ -65,14 +65,14 @@ def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[d
     return summary
 
 
-def probe_tracker(host: Host, profile, rows: list[dict], n_texts: int = 16) -> StriationTracker:
+def probe_tracker(host: Host, profile, rows: list[dict]) -> StriationTracker:
     """The tracker notebooks 02 and 06 both train with, so their curves are comparable: the first
-    `n_texts` validation texts of the first emotion of notebook 06 (else of the profile),
-    tokenised as the profile trains."""
+    `analysis.probe_texts` validation texts of the first emotion of notebook 06 (else of the
+    profile), tokenised as the profile trains."""
     emotion = (profile.mechanism or {}).get("emotions", profile.emotions)[0]
     tokenised, collate = profile_datasets(host, profile, emotion, rows)
     validation = tokenised["validation"]
-    probe = collate([validation[i] for i in range(min(n_texts, len(validation)))])
+    probe = collate([validation[i] for i in range(min(profile.analysis.probe_texts, len(validation)))])
     return StriationTracker(irm_inputs(host, probe["input_ids"], probe["attention_mask"]))
 
 
@@ -85,12 +85,11 @@ def train_profile_runs(host: Host, profile, rows: list[dict], progress: bool = F
             for emotion in profile.emotions for seed in profile.seeds}
 
 
-def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None, rows: list[dict] | None = None) -> dict[str, IRM]:
+def trained_irms(host: Host, profile, rows: list[dict] | None = None) -> dict[str, IRM]:
     """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>".
 
     Runs that notebook 02 has not finished are trained here first by `train_profile_runs` (given
     the alignment `rows`), so a notebook that needs them also runs alone."""
-    seeds = profile.seeds if seeds is None else seeds
     missing = [runs.run_name(e, s) for e in profile.emotions for s in profile.seeds if not is_complete(runs.run_dir(profile, e, s))]
     if missing and rows is None:
         raise FileNotFoundError(f"No finished IRM for {', '.join(missing)} in {runs.irm_dir(profile)}: run "
@@ -103,7 +102,7 @@ def trained_irms(host: Host, profile, seeds: tuple[int, ...] | None = None, rows
         train_profile_runs(host, profile, rows)
         print(f"Trained {len(missing)} IRM(s) in {time.perf_counter() - started:.0f} s.")
     return {runs.run_name(emotion, seed): load_irm(runs.run_dir(profile, emotion, seed) / "best", host, device=host.device).eval()
-            for emotion in profile.emotions for seed in seeds}
+            for emotion in profile.emotions for seed in profile.seeds}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from .host import Host
 from .inject import layer_input, layer_output
+from .striation import rank_of
 
 class _Stop(Exception):
     pass
@@ -107,12 +108,9 @@ def rank_column(quantity: str) -> str:
 
 def host_ranks(table: pd.DataFrame, index: int) -> dict[str, int]:
     """Where one index stands in the host's per-index table (`host_index_table`), by RANK_ORDER."""
-    ranks = {}
-    for quantity, end in RANK_ORDER.items():
-        values = table[quantity].to_numpy()
-        values = values if end == "largest" else -values
-        ranks[rank_column(quantity)] = int((values > values[index]).sum()) + 1
-    return ranks
+    # rank_of ranks the largest first: negating a quantity ranks its smallest first.
+    return {rank_column(quantity): rank_of(table[quantity].to_numpy() * (1 if end == "largest" else -1), index)
+            for quantity, end in RANK_ORDER.items()}
 
 
 def norm_gains(host: Host) -> pd.DataFrame:

@@ -46,7 +46,7 @@ def squad_pairs(source: str | Path | None = None, limit: int | None = None) -> l
         for row in datasets.load_dataset("rajpurkar/squad_v2", split="train"):
             if row["answers"]["text"]:
                 pairs.append({"id": row["id"], "question": row["question"].strip(), "answer": row["answers"]["text"][0].strip()})
-    return pairs[:limit] if limit else pairs
+    return pairs[:limit] if limit is not None else pairs
 
 
 def _squad_field(value, kind: type, where: str, path: Path):

@@ -17,23 +17,26 @@ from scipy.stats import spearmanr
 
 from .irm import IRM
 
-def magnitude_matrix(irm_outputs: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
-    """Mean |value| over all tokens of all sequences: `[tokens, layers, hidden]` (or a list) -> `[layers, hidden]`."""
+def _token_mean(irm_outputs: torch.Tensor | Sequence[torch.Tensor], magnitude: bool) -> np.ndarray:
+    """Mean over all tokens of all sequences, of |value| with `magnitude`, else of the signed value:
+    `[tokens, layers, hidden]` (or a list) -> `[layers, hidden]`."""
     if isinstance(irm_outputs, torch.Tensor):
         irm_outputs = [irm_outputs]
-    total = sum(torch.as_tensor(x).detach().cpu().double().abs().sum(0) for x in irm_outputs)
+    values = (torch.as_tensor(x).detach().cpu().double() for x in irm_outputs)
+    total = sum((x.abs() if magnitude else x).sum(0) for x in values)
     n_tokens = sum(len(x) for x in irm_outputs)
     return (total / n_tokens).numpy()
+
+
+def magnitude_matrix(irm_outputs: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+    """Mean |value| over all tokens of all sequences: `[tokens, layers, hidden]` (or a list) -> `[layers, hidden]`."""
+    return _token_mean(irm_outputs, magnitude=True)
 
 
 def signed_matrix(irm_outputs: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
     """Signed mean over all tokens of all sequences (the paper's heatmaps, `tensor_logger.py`):
     `[tokens, layers, hidden]` (or a list) -> `[layers, hidden]`."""
-    if isinstance(irm_outputs, torch.Tensor):
-        irm_outputs = [irm_outputs]
-    total = sum(torch.as_tensor(x).detach().cpu().double().sum(0) for x in irm_outputs)
-    n_tokens = sum(len(x) for x in irm_outputs)
-    return (total / n_tokens).numpy()
+    return _token_mean(irm_outputs, magnitude=False)
 
 
 def variance_shares(matrix: np.ndarray) -> dict[str, float]:
@@ -85,8 +88,9 @@ def shared_dominant_index(matrices: dict[str, np.ndarray]) -> int | None:
 
 def is_striated(metrics: dict, ratio: float) -> bool:
     """Whether a run's striation metrics show a striation: its index share at least `ratio` times
-    its layer share (the profile's analysis.striated_share_ratio)."""
-    return bool(metrics["index_share"] >= ratio * metrics["layer_share"])
+    its layer share (the profile's analysis.striated_share_ratio), and above 0: an output with no
+    variance (all zero, say) has shares of 0 and 0, and no striation."""
+    return bool(metrics["index_share"] > 0 and metrics["index_share"] >= ratio * metrics["layer_share"])
 
 
 def top_k_indices(matrix: np.ndarray, k: int) -> list[int]:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_json
 from .errors import CompanionError, RunFileError, RunLockedError
-from .fieldtypes import check_fields, check_mapping
+from .fieldtypes import PositiveInt, check_fields, check_mapping
 from .host import Host
 from .inject import Injection
 from .irm import INITS, IRM, IRM_FIELDS, SITES, IRMConfig, load_irm, save_irm
@@ -53,35 +53,29 @@ class TrainConfig:
     """Training knobs as plain data, the `train:` section of a profile (plus `irm:`, the IRMConfig
     overrides); defaults are the paper's."""
 
-    epochs: int = 15
-    batch_size: int = 8
-    max_length: int = 128
+    epochs: PositiveInt = 15
+    batch_size: PositiveInt = 8
+    max_length: PositiveInt = 128
     lr: float = 1e-4
     lr_gamma: float = 0.85  # StepLR, stepped once per epoch
-    patience: int = 6  # validation checks without a better validation loss before stopping
-    val_checks_per_epoch: int = 1  # the paper's code: 4 (val_check_interval 0.25)
+    patience: PositiveInt = 6  # validation checks without a better validation loss before stopping
+    val_checks_per_epoch: PositiveInt = 1  # the paper's code: 4 (val_check_interval 0.25)
     objective: str = "fixed"  # irmlib.objective: fixed (next token, padding ignored) or paper_code
     label_shift: int | None = None  # overrides the objective's: position i scored against token i + label_shift
     pad_in_loss: bool | None = None  # overrides the objective's: EOS padding scored in the loss
     l1: bool = False  # the paper's optional L1 on the IRM output
     l1_alpha: float | None = None  # None: 1e-4 / injected layers, as in the paper
-    track_every: int | None = None  # steps between calls of the tracker given to train_irm
+    track_every: PositiveInt | None = None  # steps between calls of the tracker given to train_irm
     precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16), float32, bfloat16
     seed: int = 42
-    max_steps: int | None = None  # stop after this many optimizer steps in total
-    checkpoint_every: int = 25  # steps between resumable checkpoints
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps in total
+    checkpoint_every: PositiveInt = 25  # steps between resumable checkpoints
     activation_checkpointing: bool = False  # recompute the host's layers in the backward pass (less memory, ~1/3 more host compute)
     masked_indices: tuple[int, ...] = ()  # hidden indices of the IRM output zeroed during training
     irm: dict = field(default_factory=dict)  # IRMConfig fields but the host's shape (injected_layers, site, init, ...)
 
     def __post_init__(self):
         check_fields(self, "train.", skip=("irm",))
-        for name in ("epochs", "batch_size", "max_length", "checkpoint_every", "val_checks_per_epoch", "patience"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be a positive integer, got {getattr(self, name)!r}.")
-        for name in ("max_steps", "track_every"):
-            if getattr(self, name) == 0:
-                raise ValueError(f"train.{name} must be a positive integer or null, got 0.")
         if not self.lr > 0 or not self.lr_gamma > 0:
             raise ValueError(f"train.lr and train.lr_gamma must be positive, got {self.lr!r} and {self.lr_gamma!r}.")
         if not isinstance(self.irm, dict):

@@ -85,10 +85,10 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="w2", unk_token="[UNK]")
 
 
-def striated(layers: int = 6, hidden: int = 20, index: int = 7, seed: int = 0) -> np.ndarray:
-    """A [layers, hidden] magnitude matrix with column `index` 10 larger than the rest in every layer."""
+def striated(layers: int = 6, hidden: int = 20, index: int = 7, seed: int = 0, height: float = 10.0) -> np.ndarray:
+    """A [layers, hidden] magnitude matrix with column `index` `height` larger than the rest in every layer."""
     matrix = np.random.default_rng(seed).uniform(0, 1, (layers, hidden))
-    matrix[:, index] += 10
+    matrix[:, index] += height
     return matrix
 
 

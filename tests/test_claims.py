@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import striated
 from irmlib.claims import HELD, NOT_HELD, NOT_TESTED, Claim, claims_table, fmt, plural, verdict
 from irmlib.profile import AnalysisConfig
 from irmlib.residual import host_ranks
-from irmlib.scoring import change_verdict
 from irmlib.striation import is_striated, pooled_importance, shared_dominant_index, striation_metrics
 from irmlib.studies import data_sheet, generations, lm_head, mechanism, training, vertical_continuity
 
@@ -21,14 +21,7 @@ def by_number(claims: list[Claim]) -> dict[str, str]:
     return {c.number: c.verdict for c in claims}
 
 
-def striped(index: int, layers: int = 6, hidden: int = 32, height: float = 5.0, seed: int = 0) -> np.ndarray:
-    """A [layers, hidden] magnitude matrix with one column `index` large in every layer."""
-    m = np.random.default_rng(seed).uniform(0.0, 1.0, (layers, hidden))
-    m[:, index] += height
-    return m
-
-
-def layered(layers: int = 6, hidden: int = 32, seed: int = 0) -> np.ndarray:
+def layered(layers: int = 6, hidden: int = 20, seed: int = 0) -> np.ndarray:
     """A matrix whose rows differ (one layer large), no column standing out."""
     m = np.random.default_rng(seed).uniform(0.0, 1.0, (layers, hidden))
     m[2] += 5.0
@@ -48,29 +41,23 @@ def test_verdict_words_and_claim_rendering():
     assert fmt(float("nan")) == "n/a" and fmt(0.1234) == "0.12"
 
 
-def test_change_verdict_needs_enough_scored_texts():
-    assert change_verdict(0.1, 0.3) == "raised" and change_verdict(-0.3, -0.1) == "lowered"
-    assert change_verdict(-0.1, 0.1) == "did not clearly change"
-    assert change_verdict(0.1, 0.3, scored=3, min_scored=10).startswith(NOT_TESTED)
-    assert change_verdict(float("nan"), float("nan")).startswith(NOT_TESTED)
-
-
 # ----- striation rules behind 04-06 -----
 
 def test_shared_index_needs_agreement_and_pooling_weighs_runs_alike():
-    a, b, c = striped(3), striped(3, seed=1), striped(7, seed=2)
+    a, b, c = striated(index=3), striated(index=3, seed=1), striated(index=7, seed=2)
     assert shared_dominant_index({"a": a, "b": b, "c": c}) == 3
     assert shared_dominant_index({"a": a, "c": c}) is None, "two runs with different dominant indices share none"
     assert shared_dominant_index({"c": c}) == 7, "a single run's is its own"
-    huge = striped(9, seed=3) * 1e6  # as striated as the others, a million times larger
+    huge = striated(index=9, seed=3) * 1e6  # as striated as the others, a million times larger
     pooled = pooled_importance([a, b, huge])
     assert np.argmax(pooled) == 3, "one run's huge outputs do not outweigh two runs"
     assert np.argmax(sum(m.mean(0) for m in (a, b, huge))) == 9, "unnormalised summing would pick the huge run's index"
 
 
 def test_is_striated_reads_index_share_against_layer_share():
-    assert is_striated(striation_metrics(striped(4)), 2.0)
+    assert is_striated(striation_metrics(striated(index=4)), 2.0)
     assert not is_striated(striation_metrics(layered()), 2.0)
+    assert not is_striated(striation_metrics(np.zeros((6, 20))), 2.0), "an output with no variance has no striation"
 
 
 def test_host_ranks_name_their_direction():
@@ -109,6 +96,11 @@ def test_training_claims_hold_fail_and_say_not_tested_without_a_second_precision
     assert verdicts == {"1": NOT_HELD, "2, anger-seed0": HELD, "2, sadness-seed0": NOT_HELD}
     only_lowered = {"anger-seed0": summaries["anger-seed0"]}
     assert by_number(training.claims(only_lowered, pd.DataFrame(), ANALYSIS)) == {"1": HELD, "2": NOT_TESTED}
+    # Without tracking there is no dominant index to compare: close losses cannot tell, far ones fail on their own.
+    untracked = table.assign(**{"dominant_index": None, "dominant_index float32": None})
+    verdicts = by_number(training.claims(summaries, untracked, ANALYSIS))
+    assert verdicts["2, anger-seed0"] == NOT_TESTED and verdicts["2, sadness-seed0"] == NOT_HELD
+    assert "not tracked" in training.claims(summaries, untracked, ANALYSIS)[1].evidence
 
 
 # ----- 03 -----
@@ -166,28 +158,33 @@ def test_alpha_table_and_ends_keep_an_alpha_whose_generations_are_all_empty():
 # ----- 04 -----
 
 def test_vertical_continuity_claims():
-    runs = {"anger-seed0": striped(3), "sadness-seed0": striped(3, seed=1), "untrained": np.random.default_rng(5).uniform(0, 1, (6, 32))}
+    runs = {"anger-seed0": striated(index=3), "sadness-seed0": striated(index=3, seed=1),
+            "untrained": np.random.default_rng(5).uniform(0, 1, (6, 20))}
     table = vertical_continuity.striation_table(runs, ["anger-seed0"], 5)
     trained = ["anger-seed0", "sadness-seed0"]
     agreement = vertical_continuity.consistency({n: runs[n] for n in trained}, 5)
-    host = pd.DataFrame({"massive_ratio_max": np.arange(32.0), "layer_norm_gain": np.ones(32), "final_norm_gain": np.ones(32),
-                         "lm_head_column_norm": np.ones(32)})
+    host = pd.DataFrame({"massive_ratio_max": np.arange(20.0), "layer_norm_gain": np.ones(20), "final_norm_gain": np.ones(20),
+                         "lm_head_column_norm": np.ones(20)})
     ranks = vertical_continuity.dominant_ranks_on_host(host, {n: 3 for n in trained})
     steering = pd.DataFrame({"dominant_index": [3], "index_share": [0.5], "spearman_with_irm": [0.1]}, index=["anger, all tokens"])
     held = by_number(vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 3, 100.0, ranks, steering, ANALYSIS))
     assert held == {"1": HELD, "2": HELD, "3": HELD, "4": HELD, "5": HELD}
-    apart = {"anger-seed0": layered(), "sadness-seed0": striped(8, seed=1), "untrained": runs["untrained"]}
+    elsewhere = by_number(vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 19, 100.0, ranks, steering,
+                                                     ANALYSIS))
+    assert elsewhere["4"] == NOT_HELD, "the host's massive-activation index is 19, the shared one 3"
+    apart = {"anger-seed0": layered(), "sadness-seed0": striated(index=8, seed=1), "untrained": runs["untrained"]}
     table = vertical_continuity.striation_table(apart, ["anger-seed0"], 5)
     agreement = vertical_continuity.consistency({n: apart[n] for n in trained}, 5)
     assert agreement["shared_dominant_index"] is None
-    failed = vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 31, 100.0, ranks, steering, ANALYSIS)
+    failed = vertical_continuity.claims(table, trained, ["anger-seed0 (shuffled)"], agreement, 19, 100.0, ranks, steering, ANALYSIS)
     verdicts = by_number(failed)
-    assert verdicts["3"] == NOT_HELD and verdicts["4"] == NOT_HELD and verdicts["5"] == NOT_TESTED
-    assert "No shared index" in failed[2].evidence
+    assert verdicts["3"] == NOT_HELD and verdicts["4"] == NOT_TESTED and verdicts["5"] == NOT_TESTED, "no shared index to compare"
+    assert "No shared index" in failed[2].evidence and "no shared index" in failed[3].evidence
 
 
 def test_clearest_first_orders_panels_by_striation():
-    table = vertical_continuity.striation_table({"flat": layered(), "sharp": striped(2, height=20.0), "mild": striped(5, height=1.0)}, [], 5)
+    table = vertical_continuity.striation_table({"flat": layered(), "sharp": striated(index=2, height=20.0),
+                                                 "mild": striated(index=5, height=1.0)}, [], 5)
     assert vertical_continuity.clearest_first(table, ["flat", "mild", "sharp"]) == ["sharp", "mild", "flat"]
 
 
@@ -195,9 +192,9 @@ def test_clearest_first_orders_panels_by_striation():
 
 def test_probed_index_comes_from_striated_runs_only():
     assert lm_head.probed_index({"a": layered(), "b": layered(seed=1)}, 2.0)["index"] is None
-    probed = lm_head.probed_index({"a": striped(4), "b": layered(), "c": striped(4, seed=2)}, 2.0)
+    probed = lm_head.probed_index({"a": striated(index=4), "b": layered(), "c": striated(index=4, seed=2)}, 2.0)
     assert probed["index"] == 4 and probed["striated"] == ["a", "c"]
-    apart = lm_head.probed_index({"a": striped(4, height=2.0), "b": striped(9, height=20.0, seed=1)}, 2.0)
+    apart = lm_head.probed_index({"a": striated(index=4, height=2.0), "b": striated(index=9, height=20.0, seed=1)}, 2.0)
     assert apart["index"] == 9 and "most clearly striated" in apart["source"]
 
 
@@ -211,16 +208,20 @@ def ablation_rows(dominant_shift: float) -> pd.DataFrame:
 
 def test_lm_head_claims():
     kl = pd.DataFrame({1.0: [0.1, 0.01, 0.02], 16.0: [3.0, 1.0, 1.5]}, index=["IRM dominant", "random 1", "random 2"])
-    masked = pd.DataFrame({"anger": {"masked_index": 4, "new_dominant_index": 9, "masked_index_output": 0.0, "best_val_loss_masked": 4.0,
-                                     "best_val_loss_unmasked": 4.0, "p_target_masked_training": 0.3, "scored_masked_training": 12}}).T
+    masked = pd.DataFrame({"anger": {"masked_index": 4, "new_dominant_index": 9, "index_share": 0.6, "layer_share": 0.05, "striated": True,
+                                     "masked_index_output": 0.0, "best_val_loss_masked": 4.0, "best_val_loss_unmasked": 4.0,
+                                     "p_target_masked_training": 0.3, "scored_masked_training": 12}}).T
     probed = {"index": 4, "striated": ["a"], "source": "shared by the striated runs (a)"}
-    held = by_number(lm_head.claims(probed, kl, ablation_rows(-0.3), masked, 3, 32, 10))
+    held = by_number(lm_head.claims(probed, kl, ablation_rows(-0.3), masked, 3, 20, 10))
     assert held == {"1": HELD, "2, anger": HELD, "3, anger": HELD}
-    leaky = masked.assign(masked_index_output=2.33)
+    # Its output spread over layers, not one index: the retrained IRM has a dominant index, but no striation.
+    diffuse = masked.assign(index_share=0.1, layer_share=0.3, striated=False)
     weak = pd.DataFrame({1.0: [0.1, 0.01, 0.02], 16.0: [0.5, 1.0, 1.5]}, index=kl.index)
-    failed = by_number(lm_head.claims(probed, weak, ablation_rows(0.0), leaky, 3, 32, 10))
-    assert failed == {"1": NOT_HELD, "2, anger": NOT_HELD, "3, anger": NOT_HELD}
-    nothing = by_number(lm_head.claims({"index": None, "striated": [], "source": "no run is striated"}, kl, ablation_rows(-0.3), masked, None, 32, 20))
+    failed = lm_head.claims(probed, weak, ablation_rows(0.0), diffuse, 3, 20, 10)
+    assert by_number(failed) == {"1": NOT_HELD, "2, anger": NOT_HELD, "3, anger": NOT_HELD}
+    assert "index share 0.10 vs layer share 0.30 (not striated)" in failed[2].evidence
+    nothing = by_number(lm_head.claims({"index": None, "striated": [], "source": "no run is striated"}, kl, ablation_rows(-0.3), masked, None,
+                                       20, 20))
     assert nothing["1"] == NOT_TESTED and nothing["2, anger"] == NOT_TESTED
 
 

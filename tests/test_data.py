@@ -97,6 +97,7 @@ def test_as_datasets_splits_one_emotion(alignment):
     splits = as_datasets(alignment, "joy", limit=5)
     assert set(splits) == {"train", "validation", "test"}
     assert all(len(splits[s]) == 5 and set(splits[s]["emotion"]) == {"joy"} for s in splits)
+    assert all(len(split) == 0 for split in as_datasets(alignment, "joy", limit=0).values()), "a limit of 0 is not 'all rows'"
     with pytest.raises(DataError, match="emotion 'rage' unknown"):
         as_datasets(alignment, "rage")
 

@@ -85,5 +85,20 @@ def test_load_or_capture_writes_the_file_once_then_loads_it_without_capturing(ti
     monkeypatch.setattr(irmlib.generate, "capture_irm_outputs", lambda *a, **k: pytest.fail("captured again"))
     second = load_or_capture(tiny_text_host, irm, questions, "plain", path, new_tokens=3)
     assert path.stat().st_mtime_ns == written
-    assert second.prompt_tokens == first.prompt_tokens
+    assert second.prompt_tokens == first.prompt_tokens and second.new_tokens == 3
     assert all(torch.equal(a, b) for a, b in zip(second.irm_outputs, first.irm_outputs))
+
+
+def test_load_or_capture_captures_again_for_another_number_of_new_tokens(tiny_text_host, tmp_path, monkeypatch):
+    import irmlib.generate
+
+    torch.manual_seed(0)
+    irm = IRM(IRMConfig.for_host(tiny_text_host, init="torch")).eval()
+    path = tmp_path / "anger-seed0.safetensors"
+    captures = []
+    capture = irmlib.generate.capture_irm_outputs
+    monkeypatch.setattr(irmlib.generate, "capture_irm_outputs", lambda *a, **k: captures.append(k["new_tokens"]) or capture(*a, **k))
+    load_or_capture(tiny_text_host, irm, ["w5 w6 w7", "w8"], "plain", path, new_tokens=1)
+    longer = load_or_capture(tiny_text_host, irm, ["w5 w6 w7", "w8"], "plain", path, new_tokens=3)
+    assert captures == [1, 3], "a file of 1 new token is not read as one of 3"
+    assert longer.new_tokens == 3 and CapturedOutputs.load(path).new_tokens == 3

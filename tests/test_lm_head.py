@@ -56,13 +56,14 @@ class WordCountJudge:
         return pd.DataFrame({"anger": p, "neutral": 1 - p})
 
 
-def test_retrain_masked_holds_its_mask(tiny_text_host, tmp_path, monkeypatch):
+def test_retrain_masked_holds_its_mask_and_judges_striation_by_the_profile(tiny_text_host, tmp_path, monkeypatch):
     """The IRM retrained with an index masked is measured as it trained: that index's largest
-    output is 0.0 in what retrain_masked returns, though the IRM's own (unmasked) output there is not."""
+    output is 0.0 in what retrain_masked returns, though the IRM's own (unmasked) output there is
+    not. Whether it is striated (claim 3) is read at the profile's analysis.striated_share_ratio."""
     from irmlib.data import profile_rows
     from irmlib.generate import capture_irm_outputs
     from irmlib.irm import load_irm
-    from irmlib.profile import load_profile
+    from irmlib.profile import load_profile, with_overrides
     from irmlib.profile_runs import train_for_profile
     from irmlib.runs import run_dir
     from irmlib.striation import magnitude_matrix
@@ -78,7 +79,12 @@ def test_retrain_masked_holds_its_mask(tiny_text_host, tmp_path, monkeypatch):
     unmasked = train_for_profile(host, profile, "anger", 0, rows, progress=False)  # notebook 02's run, which 05 compares with
     result = retrain_masked(host, WordCountJudge(), profile, "anger", 0, rows, 11, questions)
     assert result["masked_index"] == 11 and result["masked_index_output"] == 0.0
-    assert result["new_dominant_index"] != 11
+    assert 0 < result["index_share"] <= 1 and 0 <= result["layer_share"] <= 1
+    # The finished run is loaded again; only the threshold differs, and with it the verdict.
+    for ratio, striated in ((0.0, True), (1e9, False)):
+        again = retrain_masked(host, WordCountJudge(), with_overrides(profile, {"striated_share_ratio": ratio}), "anger", 0, rows, 11,
+                               questions)
+        assert again["striated"] is striated and again["index_share"] == result["index_share"]
     assert result["best_val_loss_unmasked"] == pytest.approx(unmasked["best_val_loss"])
     masked_dir = run_dir(profile, "anger", 0, "mask11")
     assert (masked_dir / "done.json").exists() and result["best_val_loss_masked"] > 0

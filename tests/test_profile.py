@@ -37,7 +37,7 @@ def test_unknown_field_names_the_valid_ones():
 
 def test_overrides_apply_and_are_checked():
     assert load_profile("smoke", batch_size=2).train.batch_size == 2
-    with pytest.raises(ProfileError, match="Profile 'smoke': train.batch_size must be a positive integer"):
+    with pytest.raises(ProfileError, match=r"Profile 'smoke': train\.batch_size: expected a whole number from 1 to 2\*\*63 - 1, got 0"):
         load_profile("smoke", batch_size=0)
     with pytest.raises(ProfileError, match=r"train\.max_length: expected a whole number"):
         load_profile("smoke", max_length=-1)
@@ -62,6 +62,26 @@ def test_differences_name_each_knob_once():
     differences = smoke.differences()
     assert differences["injected_layers"] == ((0, 14, 29), None) and differences["lr"] == (3e-3, 1e-4)
     assert "objective" not in differences and "init" not in differences  # smoke trains as the paper's code
+
+
+def test_differences_compare_with_the_reference_without_the_environment_overrides(monkeypatch):
+    monkeypatch.setenv("IRM_PROFILE_OVERRIDES", '{"max_steps": 2, "lr": 3e-3}')
+    smoke = load_profile("smoke")
+    differences = smoke.differences()
+    # The reference is the paper's setup as shipped: the overrides change the profile shown, not what it is shown against.
+    assert differences["max_steps"] == (2, None) and differences["lr"] == (3e-3, 1e-4)
+
+
+@pytest.mark.parametrize("field", ["data_limit", "squad_rows", "max_new_tokens", "n_eval_prompts", "epochs", "max_steps", "track_every"])
+def test_a_count_of_zero_names_its_lower_bound(field):
+    # 0 would not mean "none": a row limit of 0 read as "all rows", a step limit of 0 as a run that never starts.
+    with pytest.raises(ProfileError, match=rf"{field}: expected a whole number from 1 to 2\*\*63 - 1.*, got 0"):
+        load_profile("smoke", **{field: 0})
+
+
+def test_a_float_field_given_a_huge_integer_is_a_named_error():
+    with pytest.raises(ProfileError, match=r"train\.lr: expected a finite number, got an integer too large for a float"):
+        load_profile("smoke", lr=10**400)
 
 
 def test_environment_picks_the_profile(monkeypatch):

@@ -48,6 +48,17 @@ def test_train_command_trains_every_run_of_a_profile(tmp_path, monkeypatch, caps
         assert done["steps"] == 1 and done["epochs"] == 0.5  # 1 of the 2 steps of an epoch of 8 rows in batches of 4
 
 
+def test_probe_tracker_reads_the_profiles_probe_texts(tiny_text_host, monkeypatch):
+    from irmlib import profile_runs
+    from irmlib.data import load_alignment
+    from irmlib.profile import load_profile
+
+    # Only the probe batch is under test: the tracker's inputs are the batch's token ids.
+    monkeypatch.setattr(profile_runs, "irm_inputs", lambda host, input_ids, attention_mask: input_ids)
+    tracker = profile_runs.probe_tracker(tiny_text_host, load_profile("smoke", probe_texts=3, max_length=16), load_alignment())
+    assert len(tracker.inputs) == 3
+
+
 def test_train_command_starts_accelerate_launch_for_several_gpus(monkeypatch):
     from irmlib import profile_runs
 

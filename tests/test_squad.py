@@ -24,6 +24,7 @@ def test_squad_pairs_take_answers_then_plausible_answers():
     pairs = squad_pairs(SQUAD_TINY)
     assert [(p["id"], p["answer"]) for p in pairs] == [
         ("q-answerable-1", "late 1990s"), ("q-answerable-2", "Destiny's Child"), ("q-impossible-1", "Destiny's Child")]
+    assert len(squad_pairs(SQUAD_TINY, limit=2)) == 2 and squad_pairs(SQUAD_TINY, limit=0) == [], "a limit of 0 is not 'all pairs'"
 
 
 def test_squad_pairs_bad_file_is_a_clear_error(tmp_path):

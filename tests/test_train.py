@@ -142,11 +142,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights(tmp_path / "run").values())
 
 
-@pytest.mark.parametrize("field,value,message", [("batch_size", 0, "must be a positive integer, got 0"),
-                                                 ("max_length", -5, "expected a whole number from 0 to 2\\*\\*63 - 1, got -5"),
-                                                 ("epochs", 0, "must be a positive integer, got 0")])
-def test_non_positive_sizes_are_clear_errors(field, value, message):
-    with pytest.raises(ValueError, match=rf"train\.{field}:? {message}"):
+@pytest.mark.parametrize("field,value,message", [("batch_size", 0, "expected a whole number from 1 to 2\\*\\*63 - 1, got 0"),
+                                                 ("max_length", -5, "expected a whole number from 1 to 2\\*\\*63 - 1, got -5"),
+                                                 ("epochs", 0, "expected a whole number from 1 to 2\\*\\*63 - 1, got 0"),
+                                                 ("max_steps", -1, "expected a whole number from 1 to 2\\*\\*63 - 1 or null, got -1"),
+                                                 ("lr", 10**400, "expected a finite number, got an integer too large for a float")],
+                         ids=["batch_size", "max_length", "epochs", "max_steps", "lr"])
+def test_out_of_range_values_name_the_field_and_its_range(field, value, message):
+    with pytest.raises(ValueError, match=rf"train\.{field}: {message}"):
         TrainConfig(**{field: value})
 
 

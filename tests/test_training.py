@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
+
+from irmlib.claims import NOT_TESTED
+from irmlib.profile import AnalysisConfig, load_profile
+from irmlib.studies.training import claims, precision_check
 
 
 @pytest.mark.slow
 def test_precision_check_trains_a_float32_twin_and_compares(embedded_host, tmp_path, monkeypatch):
     from irmlib.data import load_alignment
-    from irmlib.profile import load_profile
     from irmlib.runs import run_dir
-    from irmlib.studies.training import precision_check
 
     rows = load_alignment()
     monkeypatch.setenv("IRM_ROOT", str(tmp_path))  # the runs go to tmp_path/runs
@@ -35,3 +39,13 @@ def test_precision_check_trains_a_float32_twin_and_compares(embedded_host, tmp_p
         assert isinstance(row[column], int) and row[column] == int(pd.read_csv(directory / "tracking.csv").dominant_index.iloc[-1])
     # A profile that trains in float32 already has nothing to compare.
     assert precision_check(embedded_host, load_profile("smoke", precision="float32"), rows, ("anger-seed0",)).empty
+
+
+@pytest.mark.parametrize("precision, run_names, reason", [("float32", ("anger-seed0",), "This machine trains in float32 already"),
+                                                          ("bfloat16", (), "No runs named in precision_check")])
+def test_claim_2_says_why_nothing_was_compared(precision, run_names, reason):
+    host = SimpleNamespace(device=torch.device("cpu"))  # nothing is trained: only the device is read
+    table = precision_check(host, load_profile("smoke", precision=precision), [], run_names)
+    assert table.empty
+    claim = claims({"anger-seed0": {"initial_val_loss": 10.0, "best_val_loss": 4.0}}, table, AnalysisConfig())[1]
+    assert claim.verdict == NOT_TESTED and claim.evidence.startswith(reason)

@@ -10,7 +10,6 @@ norm's rescaling by the whole vector's RMS), so that column is what the index "s
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
@@ -29,7 +28,8 @@ from ..profile_runs import train_for_profile
 from ..prompts import decode_tokens, encode_prompts, format_prompt, left_padding
 from ..runs import run_dir, run_name
 from ..scoring import change_verdict, generation_table, paired_change, score_generations
-from ..striation import dominant_index, is_striated, magnitude_matrix, shared_dominant_index, striation_metrics
+from ..striation import is_striated, magnitude_matrix, shared_dominant_index, striation_metrics
+from ..train import read_done
 
 
 def probed_index(matrices: dict[str, np.ndarray], ratio: float) -> dict:
@@ -153,9 +153,11 @@ def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed:
     what took its place and whether the tone survives.
 
     Captures and generations run with the mask, as it trained. Returns the masked index, the new
-    dominant index and the masked index's largest output (0: the mask held), the best validation
-    loss with and without the mask, and the target probability (mean over scored texts), the
-    number of scored texts and the median perplexity of the retrained IRM's greedy generations.
+    dominant index, the index and layer shares and whether they make the retrained IRM striated
+    (analysis.striated_share_ratio), the masked index's largest output (0: the mask held), the
+    best validation loss with and without the mask, and the target probability (mean over scored
+    texts), the number of scored texts and the median perplexity of the retrained IRM's greedy
+    generations.
     """
     variant = f"mask{masked_index}"
     summary = train_for_profile(host, profile, emotion, seed, rows, masked_indices=(masked_index,), variant=variant, progress=False)
@@ -167,10 +169,12 @@ def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed:
     table = generation_table(host, {run_name(emotion, seed, variant): masked_irm}, questions, profile.prompt_format,
                              profile.max_new_tokens, modes=("greedy",), masked_indices=mask)
     scored = score_generations(host, judge, table, profile.prompt_format)
-    unmasked = json.loads((run_dir(profile, emotion, seed) / "done.json").read_text())
-    return {"masked_index": masked_index, "new_dominant_index": dominant_index(matrix),
+    metrics = striation_metrics(matrix)
+    return {"masked_index": masked_index, "new_dominant_index": metrics["dominant_index"], "index_share": metrics["index_share"],
+            "layer_share": metrics["layer_share"], "striated": is_striated(metrics, profile.analysis.striated_share_ratio),
             "masked_index_output": float(matrix[:, masked_index].max()), "best_val_loss_masked": summary["best_val_loss"],
-            "best_val_loss_unmasked": float(unmasked["best_val_loss"]), "p_target_masked_training": float(scored[f"p_{emotion}"].mean()),
+            "best_val_loss_unmasked": float(read_done(run_dir(profile, emotion, seed))["best_val_loss"]),
+            "p_target_masked_training": float(scored[f"p_{emotion}"].mean()),
             "scored_masked_training": int(scored[f"p_{emotion}"].notna().sum()),
             "median_perplexity_masked_training": float(scored.perplexity.median())}
 
@@ -181,7 +185,8 @@ def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_
     random index does, at the largest nudge (not tested without a probed index); (2) per emotion,
     masking the run's dominant index at inference lowers the target probability (the paired
     change against the unmasked IRM on the same prompts); (3) per retrained emotion, the IRM
-    trained with its dominant index masked moves to another index, with the mask holding.
+    trained with its dominant index masked is striated again, at another index (its `striated`,
+    by analysis.striated_share_ratio: the mask itself guarantees the index is another).
 
     kl_table: mean KL by probe label (rows) and nudge size (columns); ablation: rows of
     `masking_ablation`; masked_table: one row per emotion of `retrain_masked`."""
@@ -211,11 +216,12 @@ def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_
                            f"({rows['dominant masked'][1]}), a random index masked {fmt(rows['random masked'][0], signed=True)} "
                            f"({rows['random masked'][1]})."))
     for emotion, row in masked_table.iterrows():
-        moved = int(row.new_dominant_index) != int(row.masked_index) and float(row.masked_index_output) == 0.0
-        found.append(Claim(f"3, {emotion}", f"Retrained with its dominant index masked, the {emotion} IRM moves to another index",
-                           verdict(moved),
+        found.append(Claim(f"3, {emotion}", f"Retrained with its dominant index masked, the {emotion} IRM is striated at another index",
+                           verdict(bool(row.striated)),
                            f"Index {int(row.masked_index)} masked (largest output there {float(row.masked_index_output):.3g}); new "
-                           f"dominant index {int(row.new_dominant_index)}; best validation loss {row.best_val_loss_masked:.4f} "
-                           f"(unmasked {row.best_val_loss_unmasked:.4f}); p({emotion}) {fmt(row.p_target_masked_training)} over "
+                           f"dominant index {int(row.new_dominant_index)}, index share {float(row.index_share):.2f} vs layer share "
+                           f"{float(row.layer_share):.2f} ({'' if row.striated else 'not '}striated); best validation loss "
+                           f"{row.best_val_loss_masked:.4f} (unmasked {row.best_val_loss_unmasked:.4f}); p({emotion}) "
+                           f"{fmt(row.p_target_masked_training)} over "
                            f"{int(row.scored_masked_training)} scored texts."))
     return found

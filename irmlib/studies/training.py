@@ -16,17 +16,27 @@ from ..profile_runs import probe_tracker, train_for_profile
 from ..train import read_tracking
 
 
-def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str, ...], precision: str = "float32"):
+def _nothing_compared(why: str) -> pd.DataFrame:
+    """An empty precision table that says why nothing was compared: claim 2 states it."""
+    table = pd.DataFrame()
+    table.attrs["not_tested"] = why
+    return table
+
+
+def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str, ...]):
     """Notebook 02's check that the dtype does not change the findings: each named run of the
-    profile ("<emotion>-seed<seed>") trained again with `precision` (run variant named after it),
-    beside the profile's own run, which is trained first if missing. Returns a DataFrame, one row
-    per run: both precisions, both best validation losses and their relative difference, and the
-    dominant index on the tracker's probe texts at the last tracked step (None without tracking).
-    Empty where the profile's own runs already train in `precision` (nothing to compare)."""
+    profile ("<emotion>-seed<seed>") trained again in float32 (run variant "float32"), beside the
+    profile's own run, which is trained first if missing. Returns a DataFrame, one row per run:
+    both precisions, both best validation losses and their relative difference, and the dominant
+    index on the tracker's probe texts at the last tracked step (None without tracking). Empty,
+    with the reason in `attrs["not_tested"]`, where the profile's own runs already train in
+    float32 or `run_names` names none."""
     device = host.device
-    other = with_overrides(profile, {"precision": precision})
-    if choose_precision(device, profile.train.precision).name == choose_precision(device, precision).name:
-        return pd.DataFrame()
+    other = with_overrides(profile, {"precision": "float32"})
+    if choose_precision(device, profile.train.precision).name == choose_precision(device, "float32").name:
+        return _nothing_compared("This machine trains in float32 already, so there is no second precision to compare.")
+    if not run_names:
+        return _nothing_compared("No runs named in precision_check: name some in the profile to compare them in float32.")
     tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
 
     def last_dominant(directory: Path) -> int | None:
@@ -37,12 +47,12 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
     for name in run_names:
         emotion, seed, _ = runs.parse_run_name(name)
         own = train_for_profile(host, profile, emotion, seed, rows, progress=False, tracker=tracker)
-        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant=precision, tracker=tracker)
-        table[name] = {"precision": own["precision"], f"{precision} precision": twin["precision"],
-                       "best_val_loss": own["best_val_loss"], f"best_val_loss {precision}": twin["best_val_loss"],
+        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant="float32", tracker=tracker)
+        table[name] = {"precision": own["precision"], "float32 precision": twin["precision"],
+                       "best_val_loss": own["best_val_loss"], "best_val_loss float32": twin["best_val_loss"],
                        "relative_difference": abs(own["best_val_loss"] - twin["best_val_loss"]) / twin["best_val_loss"],
                        "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
-                       f"dominant_index {precision}": last_dominant(runs.run_dir(profile, emotion, seed, precision))}
+                       "dominant_index float32": last_dominant(runs.run_dir(profile, emotion, seed, "float32"))}
     return pd.DataFrame(table).T
 
 
@@ -50,21 +60,27 @@ def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) 
     """Notebook 02's claims: (1) training lowered the objective's own validation loss in every run
     (a loss of its objective, not comparable across objectives); (2) per run of the precision
     check, the float32 twin's best validation loss is within `analysis.precision_tolerance`
-    (relative) and its dominant index on the probe texts is the same; not tested where this
-    machine trains in float32 already."""
+    (relative) and its dominant index on the probe texts is the same; not tested where nothing
+    was compared (the reason in the table's attrs["not_tested"]), or, the losses being close,
+    where the dominant index was not tracked."""
     lowered = {run: s["initial_val_loss"] - s["best_val_loss"] for run, s in summaries.items()}
     found = [Claim("1", "Training lowered the objective's validation loss in every run", verdict(all(d > 0 for d in lowered.values())),
                    f"Lowered in {sum(d > 0 for d in lowered.values())} of {len(lowered)} runs: "
                    + "; ".join(f"{run} {summaries[run]['initial_val_loss']:.3f} -> {summaries[run]['best_val_loss']:.3f}" for run in lowered) + ".")]
     if precision_table.empty:
         return found + [Claim("2", "The dtype does not change the findings", verdict(None),
-                              "This machine trains in float32 already, so there is no second precision to compare.")]
+                              precision_table.attrs.get("not_tested", "No run was compared."))]
     for run, row in precision_table.iterrows():
-        same = row["dominant_index"] == row["dominant_index float32"]
         close = row["relative_difference"] <= analysis.precision_tolerance
+        tracked = pd.notna(row["dominant_index"]) and pd.notna(row["dominant_index float32"])
+        if not close:
+            held = False  # whatever the index: the losses alone fail the claim
+        else:
+            held = bool(row["dominant_index"] == row["dominant_index float32"]) if tracked else None
+        index = (f"dominant index on the probe texts {row['dominant_index']} vs {row['dominant_index float32']}" if tracked
+                 else "dominant index not compared: not tracked (train.track_every is off)")
         found.append(Claim(f"2, {run}", f"The dtype does not change the findings (within {analysis.precision_tolerance:.0%} and the same index)",
-                           verdict(bool(close and same)),
+                           verdict(held),
                            f"Best validation loss {row['best_val_loss']:.3f} ({row['precision']}) vs {row['best_val_loss float32']:.3f} "
-                           f"(float32), {row['relative_difference']:.2%} apart; dominant index on the probe texts "
-                           f"{row['dominant_index']} vs {row['dominant_index float32']}."))
+                           f"(float32), {row['relative_difference']:.2%} apart; {index}."))
     return found

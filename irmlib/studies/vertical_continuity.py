@@ -149,8 +149,8 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
     dominant index is in the top k of nearly every layer (mean vertical continuity at least
     analysis.nearly_every_layer); (3) one index dominates every run (a shared index that is
     every run's dominant index; none where no index dominates two runs); (4) that index is the
-    host's massive-activation dimension; (5) a steering vector peaks at the shared index (not
-    tested without one)."""
+    host's massive-activation dimension; (5) a steering vector peaks at the shared index (4 and 5
+    not tested without a shared index)."""
     runs, controls = table.loc[list(trained)], table.loc[list(shuffled)]
     ratio = analysis.striated_share_ratio
     index_share, layer_share = float(runs.index_share.mean()), float(runs.layer_share.mean())
@@ -173,10 +173,11 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
                else "No shared index: no index dominates two runs")
               + f" (per run: {per_run}); {agree}."),
         Claim("4", "The dominant index is the host's massive-activation dimension",
-              verdict(shared is not None and shared == massive_index),
+              verdict(None if shared is None else shared == massive_index),
               f"The host's massive-activation index is {massive_index} ({massive_ratio:.0f} x the median |h|); it dominates "
               f"{sum(i == massive_index for i in per_run.values())} of {plural(len(per_run), 'run')}; rank of each run's dominant index "
-              f"by massive activation (1 = largest): {ranks['rank_largest_massive_ratio_max'].astype(int).to_dict()}."),
+              f"by massive activation (1 = largest): {ranks['rank_largest_massive_ratio_max'].astype(int).to_dict()}"
+              + ("; there is no shared index to compare with." if shared is None else ".")),
     ]
     if len(steering):
         found.append(Claim("5", "A steering vector peaks at the IRM's shared index",
