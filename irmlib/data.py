@@ -21,6 +21,7 @@ import datasets
 
 from .environment import repo_root
 from .errors import CompanionError
+from .gate import GATE_LABELS
 from .runs import squad_alignment_path
 
 EMOTIONS = ("anger", "sadness", "joy", "neutral")
@@ -30,7 +31,6 @@ JUDGE_FIELDS = ("id", "text", "label", "kind", "split")
 # The judge evaluation set: fixed before the judge or the fluency gate change, so it is read as
 # committed; tests check each file against its SHA-256.
 JUDGE_EVAL_SPLITS = ("dev", "test")
-GATE_LABELS = ("fluent", "degenerate", "too_short")
 HARD_CASES = ("idiom", "sad-topic-neutral", "fragment", "numbers-or-list", "")
 JUDGE_EVAL_LABELS = {"tone": EMOTIONS, "gate": GATE_LABELS}
 JUDGE_EVAL_SOURCES = {

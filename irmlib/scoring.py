@@ -1,9 +1,10 @@
-"""Scoring generations: tables of generations, the judge's probabilities, fluency (perplexity under
-the base host, distinct-2, text_quality) and the paired statistics every verdict reads.
+"""Scoring generations: tables of generations, the fluency gate, the judge's probabilities,
+fluency measures (perplexity under the base host, distinct-2), a set's quality and the paired
+statistics every verdict reads.
 
-Every table of scored generations has one row per generation with `question`, `text`,
-`too_short` (fewer than judge.MIN_WORDS words: no emotion probability, NaN), `p_<emotion>`,
-`perplexity` and `distinct_2`.
+Every table of scored generations has one row per generation with `question`, `text`, `gate`
+(fluent, degenerate or too_short: irmlib.gate and the judge's word-salad probe), `too_short`,
+`p_<emotion>` (NaN unless the gate calls the text fluent), `perplexity` and `distinct_2`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .environment import release_freed_memory
 from .generate import generate
 from .host import Host
 from .inject import inject
-from .judge import EmotionJudge, too_short
+from .gate import GateRules
+from .judge import EmotionJudge
 from .prompts import encode_prompts, format_prompt
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -41,6 +43,24 @@ def paired_change(rows: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[
     question (the base's mean where it has several rows for one question)."""
     base_by_question = base.groupby("question")[column].mean()
     return mean_ci(rows[column].to_numpy() - base_by_question.reindex(rows.question).to_numpy())
+
+
+def paired_scored(rows: pd.DataFrame, base: pd.DataFrame, column: str) -> int:
+    """How many rows of `rows` pair a scored `column` with a scored base value on the same question:
+    what a paired change rests on (a text the gate rejects, on either side, drops its pair)."""
+    base_by_question = base.groupby("question")[column].mean()
+    return int((rows[column].notna().to_numpy() & base_by_question.reindex(rows.question).notna().to_numpy()).sum())
+
+
+def target_change(rows: pd.DataFrame, base: pd.DataFrame, emotion: str, min_scored: int) -> dict:
+    """The paired change of p(`emotion`) in `rows` against the base host's on the same prompts:
+    mean, 95% interval, `scored` (prompts where both texts are scored, `paired_scored`) and the
+    verdict (`change_verdict`)."""
+    column = f"p_{emotion}"
+    mean, low, high = paired_change(rows, base, column)
+    scored = paired_scored(rows, base, column)
+    return {"p_target_change": mean, "p_target_change_low": low, "p_target_change_high": high, "scored": scored,
+            "verdict": change_verdict(low, high, scored, min_scored)}
 
 
 def change_verdict(low: float, high: float, scored: int | None = None, min_scored: int = 0) -> str:
@@ -83,45 +103,36 @@ def perplexity(host: Host, questions: list[str], completions: list[str], prompt_
     return np.array(results)
 
 
-DEGENERATE_SHORT_SHARE = 0.5
-DEGENERATE_DISTINCT_RATIO = 0.5
-DEGENERATE_PERPLEXITY_RATIO = 10.0
+def text_quality(gates, rules: GateRules = GateRules()) -> str:
+    """Whether a set of generations is text a tone can be read from, from each text's gate label:
+    "degenerate: N% under two words" when more than half are too short, "degenerate: N% degenerate"
+    when more than `rules.max_degenerate_share` are degenerate, else "fluent". The judge scores only
+    fluent texts, so a verdict on a degenerate set rests on its few readable texts.
 
-
-def text_quality(distinct_2, base_distinct_2, perplexity, base_perplexity) -> str:
-    """Whether generations are text a reader would call a tone at all, against the base host's on
-    the same prompts: "degenerate: ..." when more than half have fewer than two words (distinct-2
-    NaN: empty, or one run of symbols such as "999,,,,,"), when their mean distinct-2 is under half
-    the base's (repetition, "the of the of"), or when their median perplexity under the base host
-    is over 10x the base's (varied words that do not read as text); else "fluent". The judge
-    scores any string, so a raised target probability on degenerate text is not a tone.
-
-    distinct_2, perplexity: one value per generation (NaN allowed); base_*: the base host's."""
-    distinct_2, base_distinct_2 = np.asarray(distinct_2, dtype=float), np.asarray(base_distinct_2, dtype=float)
-    short = float(np.isnan(distinct_2).mean()) if len(distinct_2) else 1.0
-    if short > DEGENERATE_SHORT_SHARE:
+    gates: one gate label per generation (the `gate` column)."""
+    gates = pd.Series(list(gates), dtype=object)
+    if gates.empty:
+        return "degenerate: no texts"
+    short, degenerate = float((gates == "too_short").mean()), float((gates == "degenerate").mean())
+    if short > 0.5:
         return f"degenerate: {short:.0%} under two words"
-    mean = float(np.nanmean(distinct_2))
-    base = float(np.nanmean(base_distinct_2)) if np.isfinite(base_distinct_2).any() else float("nan")
-    if mean < DEGENERATE_DISTINCT_RATIO * base:  # False when the base has no distinct-2
-        return f"degenerate: repetitive (distinct-2 {mean:.2f} vs base {base:.2f})"
-    ratio = float(np.nanmedian(np.asarray(perplexity, dtype=float)) / np.nanmedian(np.asarray(base_perplexity, dtype=float)))
-    if ratio > DEGENERATE_PERPLEXITY_RATIO:
-        return f"degenerate: perplexity x{ratio:.0f} the base's"
+    if degenerate > rules.max_degenerate_share:
+        return f"degenerate: {degenerate:.0%} degenerate texts"
     return "fluent"
 
 
 def score_generations(host: Host, judge: EmotionJudge, generations: pd.DataFrame, prompt_format: str, injection=None) -> pd.DataFrame:
-    """Add judge probabilities (`p_<emotion>`, NaN for a text under judge.MIN_WORDS words), `too_short`,
-    base-host perplexity and distinct-2 to a table with `question` and `text` columns. The IRM, if
-    any, is switched off for perplexity."""
+    """Add the fluency gate (`gate`, `too_short`), judge probabilities (`p_<emotion>`, NaN for a text
+    the gate does not call fluent), base-host perplexity and distinct-2 to a table with `question`
+    and `text` columns. The IRM, if any, is switched off for perplexity."""
     scored = generations.reset_index(drop=True).copy()
-    probabilities = judge.probabilities(scored.text.tolist()).add_prefix("p_")
+    scored["gate"], probabilities = judge.read(scored.text.tolist())
+    probabilities = probabilities.add_prefix("p_")
     off = injection.settings(active=False) if injection is not None else nullcontext()
     with off:
         scored["perplexity"] = perplexity(host, scored.question.tolist(), scored.text.tolist(), prompt_format)
     scored["distinct_2"] = [distinct_n(t, 2) for t in scored.text]
-    scored["too_short"] = [too_short(t) for t in scored.text]
+    scored["too_short"] = scored.gate == "too_short"
     return pd.concat([scored, probabilities], axis=1)
 
 

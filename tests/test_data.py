@@ -131,6 +131,18 @@ def test_tokenize_scores_the_answer_only_when_asked():
     assert batch["labels"][1, 1:].eq(-100).all()
 
 
+def test_judge_answers_share_no_six_word_span_with_the_alignment_rows(alignment, judge):
+    """The judge reads answers, never the alignment data's own wording (data/README.md)."""
+    def spans(text):
+        words = normalise(text).split()
+        return {tuple(words[i:i + 6]) for i in range(len(words) - 5)}
+
+    aligned = set().union(*(spans(row["text"]) for row in alignment))
+    answers = [row for row in judge if row["kind"] == "answer"]
+    assert len(answers) >= 1000
+    assert not [row["id"] for row in answers if spans(row["text"]) & aligned]
+
+
 def test_datasheet_counts_match_the_files(alignment, judge):
     sheet = (Path(__file__).parent.parent / "data" / "README.md").read_text()
     assert count_table(alignment, "emotion") in sheet

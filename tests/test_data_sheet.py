@@ -1,5 +1,6 @@
 """Notebook 01's data sheet (irmlib.studies.data_sheet): whether the emotion judge reads length
-rather than tone, and length-matched subsets."""
+rather than tone, length-matched subsets, and the judge's and the gate's measures on labelled
+texts (an unscored text counts wrong)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from irmlib.studies.data_sheet import judge_length_check, length_matched
+from irmlib.studies.data_sheet import gate_eval, judge_eval, judge_length_check, length_matched
 
 
 class _RuleJudge:
@@ -20,8 +21,14 @@ class _RuleJudge:
         self.rule = rule
 
     def probabilities(self, texts):
+        """NaN for a text of one word, as the gate keeps too-short texts from the judge."""
         anger = np.array([1.0 if self.rule(t) else 0.0 for t in texts])
-        return pd.DataFrame({"anger": anger, "neutral": 1 - anger})
+        table = pd.DataFrame({"anger": anger, "neutral": 1 - anger})
+        table.loc[[len(t.split()) < 2 for t in texts]] = np.nan
+        return table
+
+    def gate(self, texts):
+        return ["too_short" if len(t.split()) < 2 else "degenerate" if "," in t else "fluent" for t in texts]
 
 
 def _tone_and_length_texts(n: int = 400, seed: int = 0):
@@ -63,3 +70,35 @@ def test_length_matched_gives_every_label_the_same_lengths():
         available = min(sum(1 for l, w in zip(labels, words) if (l, w) == (label, length)) for label in ("anger", "neutral"))
         assert counts[("anger", length)] == available
     assert np.array_equal(chosen, length_matched(labels, words, seed=1))
+
+
+def test_an_unscored_text_counts_wrong_in_every_accuracy():
+    texts = ["furious"] * 10 + ["calm day"] * 10  # ten angry texts too short to score
+    labels = ["anger"] * 10 + ["neutral"] * 10
+    check = judge_length_check(_RuleJudge(lambda t: "furious" in t), texts, labels)
+    assert check["accuracy"] == 0.5
+    measure = judge_eval(_RuleJudge(lambda t: "furious" in t), [{"text": t, "label": l} for t, l in zip(texts, labels)])
+    assert measure["accuracy"] == 0.5 and measure["recall"] == {"anger": 0.0, "neutral": 1.0} and measure["unscored"] == 10
+    assert measure["confusion"]["anger"] == {"unscored": 10}
+    low, high = measure["accuracy_interval"]
+    assert low < 0.5 < high and 0.0 <= low and high <= 1.0
+
+
+def test_gate_eval_counts_degenerate_as_the_positive_class():
+    rows = [{"text": "a, b", "label": "degenerate"}, {"text": "c, d", "label": "fluent"}, {"text": "e f", "label": "degenerate"},
+            {"text": "g", "label": "too_short"}]
+    tone = [{"text": "x, y", "label": "anger"}, {"text": "calm words", "label": "neutral"}]
+    measure = gate_eval(_RuleJudge(lambda t: False), rows, tone)
+    assert measure["precision"] == 0.5 and measure["recall"] == 0.5 and measure["label_accuracy"] == 0.5
+    assert [w["text"] for w in measure["wrong"]] == ["c, d", "e f"]
+    assert measure["tone_false_degenerate"] == 0.5 and measure["tone_not_fluent"] == ["x, y"]
+
+
+def test_judge_length_check_scores_at_most_its_limit():
+    texts, labels = _tone_and_length_texts()
+    calls = []
+    judge = _RuleJudge(lambda t: "furious" in t)
+    scored = judge.probabilities
+    judge.probabilities = lambda batch: calls.append(len(batch)) or scored(batch)
+    check = judge_length_check(judge, texts, labels, limit=100)
+    assert calls == [100] and check["texts"] == 100 and check["accuracy"] == 1.0

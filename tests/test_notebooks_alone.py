@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE_TRAINING, copy_of_repository, copy_smoke_runs, start_smoke_training
+from conftest import JUDGE_CACHE, JUDGE_NOTEBOOKS, SMOKE_TRAINING, copy_of_repository, copy_smoke_runs, start_judge_cache, start_smoke_training
 from irmlib.pipeline import NOTEBOOKS
 
 BACKGROUND_ORDER = 2  # after the paper profile's dry run, the longest job
@@ -35,15 +35,19 @@ def run_alone(background, name: str, copy: Path, training_root: Path | None) -> 
 
 def start_background(background, items, tmp_path_factory) -> None:
     names = {item.callspec.params["name"] for item in items}
+    if names & set(JUDGE_NOTEBOOKS):
+        start_judge_cache(background)
     if names - set(TRAIN_THEIR_OWN):
         start_smoke_training(background, tmp_path_factory)
-    for name in sorted(names, key=LONGEST_FIRST.index):
+    # Those that fit no judge first: a worker waiting for the judge's cache would do nothing.
+    for name in sorted(names, key=lambda name: (name in JUDGE_NOTEBOOKS, LONGEST_FIRST.index(name))):
         copy = copy_of_repository(tmp_path_factory.mktemp(f"alone-{name}") / "repository")
+        judge = (JUDGE_CACHE,) if name in JUDGE_NOTEBOOKS else ()
         if name in TRAIN_THEIR_OWN:
-            background.submit(("alone", name), lambda name=name, copy=copy: run_alone(background, name, copy, None))
+            background.submit(("alone", name), lambda name=name, copy=copy: run_alone(background, name, copy, None), after=judge)
         else:
             background.submit(("alone", name), lambda name=name, copy=copy: run_alone(background, name, copy, background.result(SMOKE_TRAINING)[0]),
-                              after=(SMOKE_TRAINING,))
+                              after=(SMOKE_TRAINING, *judge))
 
 
 def test_the_notebooks_are_split_into_those_that_train_and_those_that_read_02s_runs():

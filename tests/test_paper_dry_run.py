@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_of_repository
+from conftest import JUDGE_CACHE, copy_of_repository, start_judge_cache
 from irmlib.pipeline import NOTEBOOKS
 from irmlib.plan import KNOWN_HOSTS
 
@@ -85,7 +85,8 @@ def run_dry_run(background, work: Path) -> dict:
 
 def start_background(background, items, tmp_path_factory) -> None:
     work = tmp_path_factory.mktemp("paper-dry-run")
-    background.submit("paper dry run", lambda: run_dry_run(background, work))
+    start_judge_cache(background)
+    background.submit("paper dry run", lambda: run_dry_run(background, work), after=(JUDGE_CACHE,))
 
 
 @pytest.mark.slow

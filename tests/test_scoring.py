@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from irmlib.scoring import change_verdict, distinct_n, mean_ci, perplexity, text_quality
+from irmlib.gate import GateRules
+from irmlib.scoring import change_verdict, distinct_n, mean_ci, paired_scored, perplexity, target_change, text_quality
 
 
 def test_distinct_2_counts_repeated_word_pairs():
@@ -27,20 +29,22 @@ def test_mean_ci_is_a_t_interval_and_ignores_nan():
     assert all(math.isnan(v) for v in mean_ci([float("nan")]))
 
 
-def test_text_quality_flags_empty_repetitive_and_unreadable_generations():
-    base = [distinct_n("The sky is blue because air scatters short wavelengths."), distinct_n("Paris is the capital of France.")]
-    base_perplexity = [3.0, 5.0]
-    fluent = [distinct_n("It is blue, as air scatters blue light."), distinct_n("France's capital is Paris.")]
-    assert text_quality(fluent, base, [6.0, 8.0], base_perplexity) == "fluent"
-    short = [distinct_n("999,,,,,,,,"), distinct_n(""), distinct_n("Paris.")]
-    assert text_quality(short, base, [50.0, float("nan"), 9.0], base_perplexity) == "degenerate: 100% under two words"
-    repetitive = text_quality([distinct_n("the of the of the of the of"), distinct_n("yes yes yes yes")], base, [2.0, 2.0], base_perplexity)
-    assert repetitive == "degenerate: repetitive (distinct-2 0.31 vs base 1.00)"
-    # Varied words at 100x the base's perplexity read as nothing, however distinct.
-    assert text_quality(fluent, base, [300.0, 500.0], base_perplexity) == "degenerate: perplexity x100 the base's"
-    # One repetitive generation among fluent ones is not a degenerate IRM.
-    mixed = [distinct_n("the of the of the of the of"), distinct_n("Paris is the capital of France.")]
-    assert text_quality(mixed, base, [4.0, 4.0], base_perplexity) == "fluent"
+def test_text_quality_reads_the_gate_labels_of_a_set():
+    assert text_quality(["fluent"] * 3) == "fluent"
+    assert text_quality(["too_short", "too_short", "fluent"]) == "degenerate: 67% under two words"
+    assert text_quality(["degenerate", "fluent", "fluent"]) == "degenerate: 33% degenerate texts"
+    # One degenerate text in four is within the default share (0.25); a stricter profile flags it.
+    assert text_quality(["degenerate", "fluent", "fluent", "fluent"]) == "fluent"
+    assert text_quality(["degenerate", "fluent", "fluent", "fluent"], GateRules(max_degenerate_share=0.2)).startswith("degenerate")
+    assert text_quality([]) == "degenerate: no texts"
+
+
+def test_paired_changes_use_only_prompts_scored_on_both_sides():
+    base = pd.DataFrame({"question": ["a", "b", "c"], "p_anger": [0.1, float("nan"), 0.2]})
+    irm = pd.DataFrame({"question": ["a", "b", "c"], "p_anger": [0.5, 0.9, float("nan")]})
+    assert paired_scored(irm, base, "p_anger") == 1
+    change = target_change(irm, base, "anger", min_scored=2)
+    assert change["scored"] == 1 and change["verdict"].startswith("not tested") and change["p_target_change"] == pytest.approx(0.4)
 
 
 def test_change_verdict_needs_the_interval_to_exclude_zero():

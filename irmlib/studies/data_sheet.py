@@ -2,8 +2,9 @@
 datasheet) show, and its claims.
 
 Counts by split, openings (how varied the rewrites begin), distinctive words per tone, how well a
-bag-of-words classifier tells the tones apart, length-matched subsets, and whether the emotion
-judge reads length rather than tone.
+bag-of-words classifier tells the tones apart, length-matched subsets, whether the emotion judge
+reads length rather than tone, and both instruments measured on the test split of
+data/judge_eval: the judge's accuracy and recall per label, the fluency gate's precision and recall.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections import Counter
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.feature_selection import chi2
 from sklearn.linear_model import LogisticRegression
@@ -100,7 +102,60 @@ def length_only_accuracy(labels: list[str], words: list[int], folds: int = 5, se
     return float(cross_val_score(DecisionTreeClassifier(min_samples_leaf=5, random_state=seed), features, labels, cv=cv).mean())
 
 
-def judge_length_check(judge: EmotionJudge, texts: list[str], labels: list[str], seed: int = 0) -> dict:
+def judged_labels(judge: EmotionJudge, texts: list[str]) -> np.ndarray:
+    """The judge's argmax label per text, "unscored" for a text the gate keeps from it (which
+    counts as wrong wherever accuracy is measured)."""
+    probabilities = judge.probabilities(texts)
+    scored = probabilities.notna().all(axis=1)
+    return np.where(scored, probabilities.fillna(-1.0).idxmax(axis=1), "unscored")
+
+
+def proportion(successes: int, trials: int) -> dict:
+    """A proportion with its 95% Wilson interval: {value, low, high, n}."""
+    if trials == 0:
+        return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    interval = binomtest(successes, trials).proportion_ci(method="wilson")
+    return {"value": successes / trials, "low": float(interval.low), "high": float(interval.high), "n": trials}
+
+
+def judge_eval(judge: EmotionJudge, rows: list[dict]) -> dict:
+    """The judge on labelled texts (data/judge_eval/tone.jsonl's test split): accuracy and recall
+    per label with 95% Wilson intervals, unscored texts counted wrong; the confusion counts
+    {true: {judged: n}}; the number unscored."""
+    labels = np.asarray([row["label"] for row in rows])
+    judged = judged_labels(judge, [row["text"] for row in rows])
+    accuracy = proportion(int((judged == labels).sum()), len(rows))
+    recall = {label: proportion(int(((judged == labels) & (labels == label)).sum()), int((labels == label).sum()))
+              for label in judge.labels}
+    confusion = {label: dict(Counter(judged[labels == label].tolist())) for label in judge.labels}
+    return {"texts": len(rows), "accuracy": accuracy["value"], "accuracy_interval": [accuracy["low"], accuracy["high"]],
+            "recall": {label: r["value"] for label, r in recall.items()},
+            "recall_interval": {label: [r["low"], r["high"]] for label, r in recall.items()},
+            "confusion": confusion, "unscored": int((judged == "unscored").sum())}
+
+
+def gate_eval(judge: EmotionJudge, gate_rows: list[dict], tone_rows: list[dict]) -> dict:
+    """The fluency gate (`judge.gate`, the rules and the word-salad probe) on hand-labelled texts
+    (data/judge_eval/gate.jsonl's test split), degenerate the positive class: precision and recall
+    with 95% Wilson intervals, the accuracy over the three labels, the texts it got wrong, and the
+    false-degenerate rate on tone texts (all fluent)."""
+    truth = np.asarray([row["label"] for row in gate_rows])
+    gated = np.asarray(judge.gate([row["text"] for row in gate_rows]))
+    hits = int(((gated == "degenerate") & (truth == "degenerate")).sum())
+    precision = proportion(hits, int((gated == "degenerate").sum()))
+    recall = proportion(hits, int((truth == "degenerate").sum()))
+    tone_gated = np.asarray(judge.gate([row["text"] for row in tone_rows]))
+    false_degenerate = proportion(int((tone_gated == "degenerate").sum()), len(tone_rows))
+    return {"texts": len(gate_rows), "precision": precision["value"], "precision_interval": [precision["low"], precision["high"]],
+            "recall": recall["value"], "recall_interval": [recall["low"], recall["high"]],
+            "label_accuracy": float((gated == truth).mean()),
+            "wrong": [{"text": row["text"], "label": row["label"], "gate": label} for row, label in zip(gate_rows, gated)
+                      if label != row["label"]],
+            "tone_texts": len(tone_rows), "tone_false_degenerate": false_degenerate["value"],
+            "tone_not_fluent": [row["text"] for row, label in zip(tone_rows, tone_gated) if label != "fluent"]}
+
+
+def judge_length_check(judge: EmotionJudge, texts: list[str], labels: list[str], seed: int = 0, limit: int | None = None) -> dict:
     """Whether the judge reads length rather than tone, on texts it was not trained on.
 
     The judge's accuracy (argmax label) on every text whose label it knows, and on a length-matched
@@ -108,14 +163,14 @@ def judge_length_check(judge: EmotionJudge, texts: list[str], labels: list[str],
     with a 95% interval; beside them, a classifier that sees only the word count, on both sets (on
     the matched subset it is at chance by construction, which shows the matching worked).
     `leans_on_length` is True where the matched accuracy's interval lies wholly below the
-    accuracy on every text.
+    accuracy on every text. `limit`: score at most this many texts, drawn at random (`seed`).
     """
     known = [i for i, label in enumerate(labels) if label in judge.labels]
+    if limit is not None and len(known) > limit:
+        known = sorted(np.random.default_rng(seed).choice(known, limit, replace=False).tolist())
     texts, labels = [texts[i] for i in known], [labels[i] for i in known]
     words = [len(text.split()) for text in texts]
-    # A text too short to score (no probability) counts as a wrong answer.
-    predicted = judge.probabilities(texts).fillna(-1.0).idxmax(axis=1).to_numpy()
-    correct = (predicted == np.asarray(labels)).astype(float)
+    correct = (judged_labels(judge, texts) == np.asarray(labels)).astype(float)
     matched = length_matched(labels, words, seed)
     accuracy, low, high = mean_ci(correct)
     matched_accuracy, matched_low, matched_high = mean_ci(correct[matched])
@@ -150,4 +205,27 @@ def claims(separability: float, chance: float, mean_words: dict[str, float], len
               f"and {c['matched_accuracy']:.2f} [{c['matched_accuracy_low']:.2f}, {c['matched_accuracy_high']:.2f}] on "
               f"{c['matched_texts']} length-matched ones (chance {c['chance']:.2f}); word count alone gives "
               f"{c['length_only_accuracy']:.2f} on all and {c['matched_length_only_accuracy']:.2f} on the matched set."),
+    ]
+
+
+def instrument_claims(judge_measure: dict, gate_measure: dict, analysis) -> list[Claim]:
+    """The instruments' claims, on held-out texts like the IRMs write (data/judge_eval's test
+    split): (4) the judge reads the tone of answers (`judge_eval`: accuracy at least
+    `analysis.judge_min_accuracy`, every label's recall at least `analysis.judge_min_recall`);
+    (5) the fluency gate finds degenerate text (`gate_eval`: precision and recall at least
+    `analysis.gate_min_precision` and `gate_min_recall`)."""
+    j, g = judge_measure, gate_measure
+    return [
+        Claim("4", "The judge reads the tone of answers",
+              verdict(j["accuracy"] >= analysis.judge_min_accuracy and all(r >= analysis.judge_min_recall for r in j["recall"].values())),
+              f"On {j['texts']} held-out answers: accuracy {j['accuracy']:.3f} [{j['accuracy_interval'][0]:.2f}, "
+              f"{j['accuracy_interval'][1]:.2f}] (needs {analysis.judge_min_accuracy:g}); recall "
+              + ", ".join(f"{label} {r:.3f}" for label, r in j["recall"].items())
+              + f" (each needs {analysis.judge_min_recall:g}); {j['unscored']} unscored."),
+        Claim("5", "The fluency gate finds degenerate text",
+              verdict(g["precision"] >= analysis.gate_min_precision and g["recall"] >= analysis.gate_min_recall),
+              f"On {g['texts']} held-out texts: precision {g['precision']:.3f} [{g['precision_interval'][0]:.2f}, "
+              f"{g['precision_interval'][1]:.2f}], recall {g['recall']:.3f} [{g['recall_interval'][0]:.2f}, "
+              f"{g['recall_interval'][1]:.2f}] (each needs {analysis.gate_min_precision:g} / {analysis.gate_min_recall:g}); "
+              f"{g['tone_false_degenerate']:.1%} of {g['tone_texts']} fluent tone texts called degenerate."),
     ]

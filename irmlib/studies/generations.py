@@ -8,33 +8,24 @@ from __future__ import annotations
 import pandas as pd
 
 from ..claims import Claim, NOT_TESTED, fmt, verdict
+from ..gate import GateRules
 from ..host import Host
 from ..judge import EmotionJudge
 from ..runs import is_run_of, parse_run_name
-from ..scoring import change_verdict, generation_table, mean_ci, paired_change, score_generations, text_quality
+from ..scoring import generation_table, mean_ci, score_generations, target_change, text_quality
 
 
-def target_change(rows: pd.DataFrame, base: pd.DataFrame, emotion: str, min_scored: int) -> dict:
-    """The paired change of p(`emotion`) in `rows` against the base host's on the same prompts:
-    mean, 95% interval, the number of scored texts (two words or more) and the verdict."""
-    column = f"p_{emotion}"
-    mean, low, high = paired_change(rows, base, column)
-    scored = int(rows[column].notna().sum())
-    return {"p_target_change": mean, "p_target_change_low": low, "p_target_change_high": high, "scored": scored,
-            "verdict": change_verdict(low, high, scored, min_scored)}
-
-
-def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int) -> pd.DataFrame:
+def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int, rules: GateRules = GateRules()) -> pd.DataFrame:
     """Per target emotion and mode: the target-emotion probability of base and IRM generations
     (mean and 95% interval over scored prompts, and seeds for the IRM), the paired change and its
     verdict (`change_verdict`, "not tested" under `min_scored` scored texts), the verdict of each
     seed alone (`verdict_per_seed`, "seed 0: raised; seed 1: ..."; `seeds_agree` False where they
     differ), the share of IRM texts too short to score, median perplexity under the base host of
     both and their ratio (`perplexity_ratio` = median IRM / median base, the one perplexity
-    statistic), mean distinct-2, and `text` (text_quality: fluent or degenerate).
+    statistic), mean distinct-2, and `text` (text_quality from the gate: fluent or degenerate).
 
     scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
-    `perplexity`, `distinct_2`, `too_short`.
+    `perplexity`, `distinct_2`, `gate`, `too_short`.
     """
     records = []
     for emotion in emotions:
@@ -53,7 +44,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
                        "seeds_agree": len(set(seeds.values())) <= 1,
                        "too_short_irm": float(irm.too_short.mean()) if len(irm) else float("nan"),
                        "perplexity_ratio": record["median_perplexity_irm"] / record["median_perplexity_base"],
-                       "text": text_quality(irm.distinct_2, base.distinct_2, irm.perplexity, base.perplexity), "n_irm": len(irm)}
+                       "text": text_quality(irm.gate, rules), "n_irm": len(irm)}
             records.append(record)
     return pd.DataFrame(records)
 

@@ -27,7 +27,7 @@ from ..judge import EmotionJudge
 from ..profile_runs import train_for_profile
 from ..prompts import decode_tokens, encode_prompts, format_prompt, left_padding
 from ..runs import run_dir, run_name
-from ..scoring import change_verdict, generation_table, paired_change, score_generations
+from ..scoring import change_verdict, generation_table, paired_change, paired_scored, score_generations
 from ..striation import is_striated, magnitude_matrix, shared_dominant_index, striation_metrics
 from ..train import read_done
 
@@ -209,7 +209,7 @@ def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_
         for condition in ("dominant masked", "random masked"):
             masked = part[part.condition == condition]
             mean, low, high = paired_change(masked, unmasked, "p_target")
-            rows[condition] = (mean, change_verdict(low, high, int(masked.p_target.notna().sum()), min_scored))
+            rows[condition] = (mean, change_verdict(low, high, paired_scored(masked, unmasked, "p_target"), min_scored))
         held = None if rows["dominant masked"][1].startswith("not tested") else rows["dominant masked"][1] == "lowered"
         found.append(Claim(f"2, {emotion}", f"Masking the {emotion} IRM's dominant index at inference lowers p({emotion})", verdict(held),
                            f"Change against the unmasked IRM: dominant masked {fmt(rows['dominant masked'][0], signed=True)} "

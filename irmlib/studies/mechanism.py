@@ -24,7 +24,7 @@ from ..objective import lm_loss
 from ..profile import with_overrides
 from ..profile_runs import train_config, train_for_profile
 from ..prompts import decode_tokens
-from ..scoring import change_verdict, generation_table, mean_ci, paired_change, score_generations, text_quality
+from ..scoring import generation_table, mean_ci, score_generations, target_change, text_quality
 from ..train import read_tracking
 from ..striation import (StriationTracker, index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
                          striation_metrics, top_k_agreement)
@@ -219,20 +219,19 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
     model ("base", then `irms`' names) with p_target (mean, 95% interval over scored texts), the
     paired change against the base on the same prompts with its own 95% interval and verdict
     ("not tested" under `min_scored` scored texts), the number of scored texts, median perplexity,
-    mean distinct-2 and `text` (`text_quality`: fluent or degenerate)."""
+    mean distinct-2 and `text` (`text_quality` of the gate labels: fluent or degenerate); `scored`
+    counts the prompts where both the model's and the base's texts are scored."""
     table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
     scored = score_generations(host, judge, table, prompt_format)
     base = scored[scored.model == "base"]
     rows = {}
     for model, group in scored.groupby("model", sort=False):
         mean, low, high = mean_ci(group[f"p_{emotion}"])
-        change = paired_change(group, base, f"p_{emotion}")
-        scored_texts = int(group[f"p_{emotion}"].notna().sum())
-        rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, "p_target_change": change[0],
-                       "p_target_change_low": change[1], "p_target_change_high": change[2], "scored": scored_texts,
-                       "verdict": "base" if model == "base" else change_verdict(change[1], change[2], scored_texts, min_scored),
+        change = target_change(group, base, emotion, min_scored)
+        rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, **change,
+                       "verdict": "base" if model == "base" else change["verdict"],
                        "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean()),
-                       "text": text_quality(group.distinct_2, base.distinct_2, group.perplexity, base.perplexity)}
+                       "text": text_quality(group.gate, judge.rules)}
     return pd.DataFrame(rows).T
 
 
