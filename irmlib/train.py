@@ -4,7 +4,8 @@ Paper defaults (arXiv 2407.03621): Adam lr 1e-4, StepLR gamma 0.85 per epoch, ba
 length 128, up to 15 epochs with early stopping on validation loss (the paper's code checked 4
 times per epoch, patience 6 checks), optional L1 on the IRM output with alpha = 1e-4 / injected
 layers. The objective (irmlib.objective) is either the corrected one or the paper code's (padding
-scored, labels shifted twice). Built on Accelerate: the same loop runs on CPU, one GPU, or under
+scored, labels shifted twice). For stable training beyond the paper's recipe: a linear warmup, a
+cosine or linear decay to a floor, and clipping of the gradient's global norm (all off by default). Built on Accelerate: the same loop runs on CPU, one GPU, or under
 `accelerate launch`. A run directory holds `last/` (IRM + optimizer state, for resuming),
 `best/` (lowest validation loss), `history.csv` (one row per step), `tracking.csv` (metrics of
 the IRM every `track_every` steps, when a tracker is given) and `done.json`, written last.
@@ -41,6 +42,7 @@ from .irm import INITS, IRM, IRM_FIELDS, SITES, IRMConfig, load_irm, save_irm
 from .objective import Objective, l1_penalty, lm_loss, resolve_objective, scored_positions
 from .precision import Precision, autocast, choose_precision, normalise_request, precision_request
 
+DECAYS = ("step", "cosine", "linear")
 HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
 
 
@@ -57,7 +59,11 @@ class TrainConfig:
     batch_size: PositiveInt = 8
     max_length: PositiveInt = 128
     lr: float = 1e-4
-    lr_gamma: float = 0.85  # StepLR, stepped once per epoch
+    lr_gamma: float = 0.85  # decay "step": the rate times lr_gamma after each epoch (the paper's StepLR)
+    warmup_steps: int = 0  # optimizer steps over which the rate rises linearly to lr (0: none, the paper's)
+    decay: str = "step"  # step (lr_gamma per epoch), cosine or linear (to decay_floor x lr at the last step)
+    decay_floor: float = 0.0  # cosine and linear: the rate at the last step, as a fraction of lr
+    clip_grad_norm: float | None = None  # the gradient's global norm is clipped to this (None: no clipping, the paper's)
     patience: PositiveInt = 6  # validation checks without a better validation loss before stopping
     val_checks_per_epoch: PositiveInt = 1  # the paper's code: 4 (val_check_interval 0.25)
     objective: str = "fixed"  # irmlib.objective: fixed (next token, padding ignored) or paper_code
@@ -78,6 +84,14 @@ class TrainConfig:
         check_fields(self, "train.", skip=("irm",))
         if not self.lr > 0 or not self.lr_gamma > 0:
             raise ValueError(f"train.lr and train.lr_gamma must be positive, got {self.lr!r} and {self.lr_gamma!r}.")
+        if self.decay not in DECAYS:
+            raise ValueError(f"train.decay: '{self.decay}' unknown; choose one of {', '.join(DECAYS)}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps: expected 0 or more steps, got {self.warmup_steps!r}.")
+        if not 0 <= self.decay_floor <= 1:
+            raise ValueError(f"train.decay_floor is a fraction of lr: give a number from 0 to 1, got {self.decay_floor!r}.")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"train.clip_grad_norm: expected a positive norm or null, got {self.clip_grad_norm!r}.")
         if not isinstance(self.irm, dict):
             raise ValueError(f"irm: expected a mapping of IRM fields, got {self.irm!r}.")
         unknown = sorted(set(self.irm) - set(IRM_FIELDS))
@@ -256,12 +270,34 @@ class TrainState:
     tracking: list[dict] = field(default_factory=list)  # one row per tracked step
 
 
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps a run takes if nothing stops it early: every epoch, or max_steps."""
+    steps = config.epochs * steps_per_epoch
+    return min(steps, config.max_steps) if config.max_steps is not None else steps
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step `step` (0: the first) as a fraction of `config.lr`: a
+    linear warmup over `warmup_steps` ((step + 1) / warmup_steps), times the decay: "step" is
+    lr_gamma ** (finished epochs), the paper's StepLR; "cosine" and "linear" fall from 1 at the
+    end of the warmup to `decay_floor` at the run's last step (`total_steps`)."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.decay == "step":
+        return warm * config.lr_gamma ** (step // steps_per_epoch)
+    span = max(total_steps(config, steps_per_epoch) - 1 - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if config.decay == "cosine" else 1.0 - progress
+    return warm * (config.decay_floor + (1.0 - config.decay_floor) * shape)
+
+
 def train_step(host: Host, injection: Injection, optimizer: torch.optim.Optimizer, batch: dict, objective: Objective,
-               precision: Precision, l1_alpha: float = 0.0, accelerator: Accelerator | None = None) -> dict[str, float]:
+               precision: Precision, l1_alpha: float = 0.0, accelerator: Accelerator | None = None,
+               clip_grad_norm: float | None = None) -> dict[str, float]:
     """One optimizer step of the IRM that `injection` runs inside `host`, on one collated batch
     (`input_ids`, `attention_mask` [batch, tokens], `labels`): the forward under `precision`'s
-    autocast, the backward and Adam outside it, as torch advises. Returns the LM loss, the L1
-    penalty and their sum; raises TrainingDiverged, before any update, if the sum is not finite.
+    autocast, the backward and Adam outside it, as torch advises; with `clip_grad_norm`, the
+    gradient's global norm is clipped to it before Adam. Returns the LM loss, the L1 penalty and
+    their sum; raises TrainingDiverged, before any update, if the sum is not finite.
     The benchmark times exactly this function."""
     with autocast(precision):
         loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
@@ -275,6 +311,10 @@ def train_step(host: Host, injection: Injection, optimizer: torch.optim.Optimize
         accelerator.backward(total)
     else:
         total.backward()
+    if clip_grad_norm is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+        clip(parameters, clip_grad_norm)
     optimizer.step()
     return {"lm_loss": loss.item(), "l1": penalty.item(), "train_loss": total.item()}
 
@@ -359,7 +399,10 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
     host.model.to(accelerator.device)
     irm = IRM(IRMConfig.for_host(host, **config.irm)).to(accelerator.device)
     optimizer = irm_optimizer(irm, config.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
+    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * accelerator.num_processes))
+    # Stepped after every optimizer step; its position is saved with the optimizer's, so a resumed
+    # run goes on at the rate it stopped at.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
     if main:
         _recover_last(run_dir)
     accelerator.wait_for_everyone()
@@ -375,7 +418,6 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
     bare_irm = accelerator.unwrap_model(irm)
     injection = Injection(host, irm, masked_indices=config.masked_indices)
     val_loader = accelerator.prepare(_loader(val_set, None, config.batch_size, collate))
-    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * accelerator.num_processes))
     checks = min(config.val_checks_per_epoch, steps_per_epoch)
     check_steps = {math.ceil(steps_per_epoch * k / checks) for k in range(1, checks + 1)}
 
@@ -396,7 +438,8 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                 for batch in bar:
                     started = time.perf_counter()
                     try:
-                        losses = train_step(host, injection, optimizer, batch, objective, precision, l1_alpha, accelerator)
+                        losses = train_step(host, injection, optimizer, batch, objective, precision, l1_alpha, accelerator,
+                                            config.clip_grad_norm)
                     except TrainingDiverged as err:
                         raise TrainingDiverged(
                             f"{err} at step {state.global_step + 1} (epoch {state.epoch + 1}); training stopped and the last good "
@@ -407,6 +450,7 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                     state.history.append({"step": state.global_step, "epoch": state.epoch + 1, **losses,
                                           "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 4),
                                           "val_loss": ""})
+                    scheduler.step()
                     bar.set_postfix(loss=f"{losses['lm_loss']:.3f}")
 
                     if tracker is not None and config.track_every and state.global_step % config.track_every == 0:
@@ -432,7 +476,6 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                         _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
                 bar.close()
                 if state.step_in_epoch >= steps_per_epoch:
-                    scheduler.step()
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 if main:
                     _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)

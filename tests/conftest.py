@@ -138,8 +138,7 @@ def start_judge_cache(background: "Background") -> None:
     once from a cold cache, each would read them all (minutes on 2 cores)."""
     if JUDGE_CACHE not in background.jobs:
         command = [sys.executable, "-c", "from irmlib.judge import default_judge; default_judge()"]
-        # Two threads: until it ends, only short jobs (the smoke training, notebooks 02 and 04) run beside it.
-        background.submit(JUDGE_CACHE, lambda: background.run(command, cwd=Path(__file__).parent.parent, env={"OMP_NUM_THREADS": "2"}))
+        background.submit(JUDGE_CACHE, lambda: background.run(command, cwd=Path(__file__).parent.parent))
 
 
 SMOKE_TRAINING = "smoke training"

@@ -98,22 +98,34 @@ def test_done_marker_records_the_kernels_peak_rss(tmp_path, monkeypatch, capsys)
     assert f"kernel peak memory (RSS) {peak:.0f} MB (reached in cell 3: block = bytearray" in capsys.readouterr().out
 
 
+CHILD_PEAK_SCRIPT = """
+import json, subprocess, sys
+from irmlib import pipeline
+
+before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+try:
+    with pipeline.child_peak_rss(interval_s=0.05) as memory:
+        subprocess.run([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                        "import time; time.sleep(0.5)"], check=True)
+    with pipeline.child_peak_rss(interval_s=0.05) as idle:
+        pass
+finally:
+    before.kill()
+    before.wait()
+print(json.dumps([memory["peak_rss_mb"], idle["peak_rss_mb"]]))
+"""
+
+
 def test_child_peak_rss_ignores_children_started_before_the_block():
+    """Run in a process of its own: the test session's background jobs are children of this one,
+    and one started during the block would count."""
     import subprocess
     import sys
 
-    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
-    try:
-        with pipeline.child_peak_rss(interval_s=0.05) as memory:
-            subprocess.run([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
-                            "import time; time.sleep(0.5)"], check=True)
-        assert 200 < memory["peak_rss_mb"] < 1000
-        with pipeline.child_peak_rss(interval_s=0.05) as idle:
-            pass
-        assert idle["peak_rss_mb"] is None  # the sleeping child from before the block does not count
-    finally:
-        before.kill()
-        before.wait()
+    printed = subprocess.run([sys.executable, "-c", CHILD_PEAK_SCRIPT], capture_output=True, text=True, check=True).stdout
+    peak, idle = json.loads(printed.strip().splitlines()[-1])
+    assert 200 < peak < 1000
+    assert idle is None  # the sleeping child from before the block does not count
 
 
 def test_metrics_sections_are_checked_against_the_schema(tmp_path):

@@ -21,7 +21,7 @@ from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig
 from irmlib.objective import lm_loss
 from irmlib.prompts import make_collate
-from irmlib.train import TrainConfig, TrainingDiverged, train_irm
+from irmlib.train import TrainConfig, TrainingDiverged, lr_factor, train_irm
 from train_tiny import run, tiny_rows
 
 HERE = Path(__file__).parent
@@ -241,3 +241,64 @@ def test_the_irm_optimizer_is_fused_adam_with_the_same_updates():
     for a, b in zip(fused_irm.parameters(), plain_irm.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(not torch.equal(a, b) for a, b in zip(fused_irm.parameters(), start))  # every weight moved
+
+
+# ----- stable training: warmup, decay, clipping -----
+
+def test_the_schedule_warms_up_and_decays_as_configured():
+    warm = TrainConfig(lr=1.0, warmup_steps=4, lr_gamma=0.5)
+    assert [lr_factor(warm, s, 10) for s in (0, 1, 3, 9, 10, 25)] == [0.25, 0.5, 1.0, 1.0, 0.5, 0.25]
+    cosine = TrainConfig(epochs=1, max_steps=11, decay="cosine", decay_floor=0.1)
+    assert lr_factor(cosine, 0, 100) == 1.0 and lr_factor(cosine, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(cosine, 5, 100) == pytest.approx(0.55) and lr_factor(cosine, 50, 100) == pytest.approx(0.1)
+    linear = TrainConfig(epochs=2, decay="linear", warmup_steps=2)  # 2 epochs of 6 steps: 12 in all
+    assert lr_factor(linear, 0, 6) == 0.5 and lr_factor(linear, 1, 6) == 1.0 and lr_factor(linear, 11, 6) == 0.0
+    assert lr_factor(linear, 6, 6) == pytest.approx(1 - 4 / 9)  # 4 of the 9 steps from the warmup's end to the last
+    for bad in ({"decay": "exp"}, {"warmup_steps": -1}, {"decay_floor": 1.5}, {"clip_grad_norm": 0.0}):
+        with pytest.raises(ValueError, match=f"train.{next(iter(bad))}"):
+            TrainConfig(**bad)
+
+
+def test_training_follows_the_schedule(tmp_path):
+    run(str(tmp_path / "run"), epochs=2, warmup_steps=3, decay="cosine", decay_floor=0.2)
+    with open(tmp_path / "run" / "history.csv") as handle:
+        lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
+    config = TrainConfig(epochs=2, lr=1e-3, warmup_steps=3, decay="cosine", decay_floor=0.2)
+    assert len(lrs) == 12 and lrs == pytest.approx([1e-3 * lr_factor(config, step, 6) for step in range(12)])
+    assert lrs[0] == pytest.approx(1e-3 / 3) and lrs[-1] == pytest.approx(2e-4)
+
+
+def test_clipping_bounds_the_gradient_adam_sees(tiny_host):
+    from irmlib.objective import resolve_objective
+    from irmlib.precision import choose_precision
+    from irmlib.train import irm_optimizer, train_step
+
+    batch = make_collate(0)(tiny_rows(4, 0))
+    norms = {}
+    for clip in (None, 1e-3):
+        irm = IRM(IRMConfig.for_host(tiny_host, init="torch"))
+        optimizer = irm_optimizer(irm, 1e-3)
+        with inject(tiny_host, irm) as injection:
+            train_step(tiny_host, injection, optimizer, batch, resolve_objective("fixed"), choose_precision("cpu", "float32"),
+                       clip_grad_norm=clip)
+        norms[clip] = float(torch.nn.utils.get_total_norm([p.grad for p in irm.parameters()]))
+    assert norms[None] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_killed_run_resumes_its_schedule_bit_exactly(tmp_path, monkeypatch):
+    """Warmup, cosine decay and clipping: killed at its second checkpoint, resumed, the run ends
+    with the weights and rates of one that was never stopped."""
+    from conftest import Killed, kill_on_call
+
+    schedule = {"warmup_steps": 3, "decay": "cosine", "decay_floor": 0.1, "clip_grad_norm": 0.5}
+    run(str(tmp_path / "whole"), epochs=2, **schedule)
+    kill_on_call(monkeypatch, torch, "save", nth=2)
+    with pytest.raises(Killed):
+        run(str(tmp_path / "killed"), epochs=2, **schedule)
+    monkeypatch.undo()
+    run(str(tmp_path / "killed"), epochs=2, **schedule)
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+    state = torch.load(tmp_path / "killed" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 12
+    with open(tmp_path / "whole" / "history.csv") as a, open(tmp_path / "killed" / "history.csv") as b:
+        assert [r["lr"] for r in csv.DictReader(a)] == [r["lr"] for r in csv.DictReader(b)]
