@@ -2,14 +2,14 @@
 
 Each text gets one label from what it is made of; these rules need no model, and the judge adds
 the last one (`irmlib.judge.EmotionJudge.gate`: word salad, read by the host):
-- `too_short`: fewer than `min_words` words (whitespace-separated), and no symbol run;
+- `too_short`: fewer than `min_words` words (whitespace-separated), and no symbol or comma run;
 - `degenerate`: text a reader would not call language: punctuation only, a symbol run
   ("999,,,,,,,,,,,,", "0000000000000"), two commas with only spaces between, an n-gram of one to three words repeated
   `max_repeats` times in a row ("the of the of the of the of"), one word making up
   `top_word_share` of a text of `top_word_min_words` words or more, or misplaced function words
   (a text opening with a comma or full stop, an article followed by punctuation or by a word
-  an article never precedes ("the of", "the is"), a text ending on an article or a conjunction
-  ("... in the."), a function word glued to a digit ("in2"));
+  an article never precedes ("the of", "the is"), a text ending on an article ("... in the."), or
+  on a conjunction followed by ".", "!" or "?", a function word glued to a digit ("in2"));
 - `fluent`: everything else, right or wrong.
 
 The rules were set on the dev split of data/judge_eval/gate.jsonl and are measured on its test

@@ -5,11 +5,11 @@ trains) reads it when asked for its feeling: the text followed by `JUDGE_PROMPT`
 host's first `JUDGE_LAYER` decoder layers, averaged over every token but the first (which holds
 the host's massive activation). A logistic regression on those states is fitted on data/judge
 (posts, diaries, narration, messages, remarks, reviews and short answers) and on the dev split of
-data/judge_eval/tone.jsonl (answers in the host's register); the test split of that file is the
-judge's measure (notebook 01, `01_data.judge_eval`).
+data/judge_eval/tone.jsonl (answers in the host's register); the test split of that file measures
+it (`irmlib.studies.data_sheet.judge_eval`, `scripts/measure_instruments.py`, data/judge_eval/README.md).
 
-The same states give the fluency gate its last rule: a probe fitted on judge texts against the
-same texts with their words shuffled flags word salad that irmlib.gate's rules let through. Only
+The same states give the fluency gate its last rule: a probe fitted on the same training texts
+against each with its words shuffled (a one-word text shuffles to itself) flags word salad that irmlib.gate's rules let through. Only
 texts the gate calls fluent get probabilities: a too-short or degenerate text has NaN in every
 column.
 """
@@ -82,8 +82,8 @@ class HostReader:
 
     def cached(self, texts: list[str]) -> np.ndarray:
         """`self(texts)`, kept on disk under the cache directory for the same host, layer, prompt,
-        torch version and texts: the judge's training texts are read once per machine (about a
-        minute on 2 cores), not once per notebook."""
+        torch version and texts: the judge's training texts (2,104, and as many shuffled) are read
+        once per machine (about 100 s on 2 cores), not once per notebook."""
         key = json.dumps([self.host.name, self.layer, JUDGE_PROMPT, torch.__version__, texts])
         path = cache_dir() / "judge" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
         try:

@@ -69,3 +69,22 @@ def test_shuffled_words_keeps_the_words_in_another_order():
     shuffled = shuffled_words(text, random.Random(0))
     assert shuffled != text and sorted(shuffled.split()) == sorted(text.split())
     assert shuffled_words("same same", random.Random(0)) == "same same"
+
+
+@pytest.mark.slow
+def test_the_measuring_script_prints_the_measures_of_the_datasheet(judge, monkeypatch, capsys):
+    """scripts/measure_instruments.py: what data/judge_eval/README.md quotes, as JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "measure_instruments.py"
+    spec = importlib.util.spec_from_file_location("measure_instruments", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "default_judge", lambda: judge)  # the session's, fitted the same way
+    measures = script.main()
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["judge"]["texts"] == 144 and printed["gate"]["texts"] == 103
+    assert set(measures["judge"]["recall"]) == {"anger", "sadness", "joy", "neutral"}
+    assert 0.0 <= printed["gate"]["precision"] <= 1.0 and printed["judge"]["unscored"] == 0
