@@ -4,6 +4,8 @@ half-finished stage is never taken for done, and publishing strips papermill's i
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -76,26 +78,42 @@ def test_unknown_profile_is_a_clear_error(root, capsys):
 ALLOCATE_MB = 300
 
 
+PEAK_MARKER_SCRIPT = """
+import sys
+from pathlib import Path
+from irmlib import pipeline
+from test_pipeline import ALLOCATE_MB, make_notebook
+
+root = Path(sys.argv[1])
+(root / "notebooks").mkdir()
+# Touch every page of a 300 MB buffer, free it, then idle: the peak must still be seen (the
+# high-water mark), not just the memory in use at the end, and credited to its cell.
+make_notebook(root / "notebooks" / "01_data.ipynb",
+              "# a comment line, skipped when naming the cell\\nimport time",
+              f"block = bytearray({ALLOCATE_MB} * 2**20)\\nblock[::4096] = b'x' * len(block[::4096])\\n"
+              "del block\\ntime.sleep(0.5)",
+              "time.sleep(1.0)\\nprint('ok')")
+assert pipeline.run_notebook("01_data", "smoke", root / "runs" / "smoke" / "notebooks") > 0
+"""
+
+
 @pytest.mark.slow
-def test_done_marker_records_the_kernels_peak_rss(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("IRM_ROOT", str(tmp_path))
-    (tmp_path / "notebooks").mkdir()
-    # Touch every page of a 300 MB buffer, free it, then idle: the peak must still be seen
-    # (the high-water mark), not just the memory in use at the end, and credited to its cell.
-    make_notebook(tmp_path / "notebooks" / "01_data.ipynb",
-                  "# a comment line, skipped when naming the cell\nimport time",
-                  f"block = bytearray({ALLOCATE_MB} * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
-                  "del block\ntime.sleep(0.5)",
-                  "time.sleep(1.0)\nprint('ok')")
-    out_dir = tmp_path / "runs" / "smoke" / "notebooks"
-    assert pipeline.run_notebook("01_data", "smoke", out_dir) > 0
-    marker = json.loads((out_dir / "01_data.done").read_text())
+def test_done_marker_records_the_kernels_peak_rss(tmp_path):
+    """Run in a process of its own: the test session's background jobs are children of this one,
+    and one started while the notebook runs would count as the kernel's memory."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IRM_ROOT": str(tmp_path), "PYTHONPATH": str(Path(__file__).parent)}
+    printed = subprocess.run([sys.executable, "-c", PEAK_MARKER_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                             check=True).stdout
+    marker = json.loads((tmp_path / "runs" / "smoke" / "notebooks" / "01_data.done").read_text())
     peak = marker["peak_rss_mb"]
     # The kernel itself (python + ipykernel) takes some tens of MB; the buffer adds 300 MB.
     assert ALLOCATE_MB + 20 < peak < ALLOCATE_MB + 1500
     # Cells of the executed notebook: parameters, papermill's injected parameters, then ours.
     assert marker["peak_rss_cell"] == {"cell": 3, "line": f"block = bytearray({ALLOCATE_MB} * 2**20)"}
-    assert f"kernel peak memory (RSS) {peak:.0f} MB (reached in cell 3: block = bytearray" in capsys.readouterr().out
+    assert f"kernel peak memory (RSS) {peak:.0f} MB (reached in cell 3: block = bytearray" in printed
 
 
 CHILD_PEAK_SCRIPT = """
