@@ -147,20 +147,38 @@ def striation_heatmaps(matrices: dict, dominant: dict, signed: bool = False, zoo
     return fig
 
 
-def metric_curves(tracking) -> plt.Figure:
-    """Striation metrics against training step, one line per run: the colour names the run, the
-    line style its arm, so runs of one arm stay apart.
+CURVE_METRICS = [("index_share", "index share of variance (0-1)", (0, 1)), ("layer_share", "layer share of variance (0-1)", (0, 1)),
+                 ("vertical_continuity", "vertical continuity (share of layers)", (0, 1)),
+                 ("yardstick", "yardstick: next-token loss (nats)", None),
+                 ("output_rms_ratio", "IRM output RMS / host residual RMS", None)]
 
-    tracking: long DataFrame with columns step, run, arm, index_share, layer_share, vertical_continuity.
+
+def metric_curves(tracking, host_yardstick: float | None = None) -> plt.Figure:
+    """Striation and health metrics against training step, one line per run: the colour names the
+    run, the line style its arm. With a `flag` column (irmlib.health), runs flagged unstable or
+    host-damaged get a row of their own, apart from the runs that count. `host_yardstick` (nats)
+    is drawn as a line on the yardstick panel; the output ratio is on a log scale.
+
+    tracking: long DataFrame with columns step, run, arm, index_share, layer_share,
+    vertical_continuity and, where measured, yardstick, output_rms_ratio and flag.
     """
-    metrics = [("index_share", "index share of variance (0-1)"), ("layer_share", "layer share of variance (0-1)"),
-               ("vertical_continuity", "vertical continuity (share of layers)")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(15, 3.8), sharex=True)
-    for ax, (column, label) in zip(axes, metrics):
-        sns.lineplot(data=tracking, x="step", y=column, hue="run", style="arm", units="run", estimator=None, ax=ax, lw=1.2,
-                     legend=ax is axes[-1])
-        ax.set(xlabel="training step", ylabel=label, ylim=(0, 1))
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), title="run, arm", fontsize=7)
+    metrics = [m for m in CURVE_METRICS if m[0] in tracking and tracking[m[0]].notna().any()]
+    flagged = tracking["flag"].ne("ok") if "flag" in tracking else pd.Series(False, index=tracking.index)
+    groups = [(label, part) for label, part in (("runs that count", tracking[~flagged]), ("flagged runs, not pooled", tracking[flagged]))
+              if len(part)]
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(4 * len(metrics), 3.6 * len(groups)), sharex=True, squeeze=False)
+    for row, (group, part) in zip(axes, groups):
+        for ax, (column, label, limits) in zip(row, metrics):
+            sns.lineplot(data=part, x="step", y=column, hue="run", style="arm", units="run", estimator=None, ax=ax, lw=1.2,
+                         legend=ax is row[-1])
+            ax.set(xlabel="training step", ylabel=label, title=group if column == metrics[0][0] else "")
+            if limits:
+                ax.set_ylim(*limits)
+            if column == "output_rms_ratio":
+                ax.set_yscale("log")
+            if column == "yardstick" and host_yardstick is not None:
+                ax.axhline(host_yardstick, color="black", ls=":", lw=1, label="host")
+        sns.move_legend(row[-1], "upper left", bbox_to_anchor=(1.02, 1), title="run, arm", fontsize=7)
     fig.tight_layout()
     return fig
 

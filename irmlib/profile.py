@@ -67,6 +67,11 @@ class AnalysisConfig:
     striated_share_ratio: float = 2.0  # 04-06: a run is striated when its index share is this multiple of its layer share
     shared_index_agreement: float = 0.5  # 06 claim 1: top-1 agreement an arm needs to share one index
     nearly_every_layer: float = 0.8  # 04 claim 2: vertical continuity that counts as "nearly every layer"
+    # Run health (irmlib.health), fixed before the regime map ran: which runs count as evidence.
+    unstable_grad_multiple: float = 10.0  # unstable: a step's gradient norm above this multiple of the early median
+    unstable_early_steps: PositiveInt = 5  # the steps whose median gradient norm is "early"
+    host_damaged_margin: float = 1.0  # host_damaged: the yardstick ends more than this many nats above the host's
+    settled_window: float = 1 / 3  # settled: the dominant index held over this last share of the tracked steps
 
     def gate_rules(self) -> GateRules:
         """The fluency gate's thresholds as irmlib.gate reads them."""
@@ -78,7 +83,10 @@ class AnalysisConfig:
             value = getattr(self, key)
             if not value or any(v < 0 for v in value):
                 raise ValueError(f"analysis.{key} must be a non-empty list of non-negative numbers, got {list(value)!r}.")
-        for key in ("gate_top_word_share", "gate_salad_probability", "gate_max_degenerate_share"):
+        if not self.unstable_grad_multiple > 1 or not self.host_damaged_margin > 0:
+            raise ValueError(f"analysis.unstable_grad_multiple must be above 1 and analysis.host_damaged_margin above 0 (nats), "
+                             f"got {self.unstable_grad_multiple!r} and {self.host_damaged_margin!r}.")
+        for key in ("gate_top_word_share", "gate_salad_probability", "gate_max_degenerate_share", "settled_window"):
             if not 0 < getattr(self, key) <= 1:
                 raise ValueError(f"analysis.{key} is a share: give a number above 0 and at most 1, got {getattr(self, key)!r}.")
 

@@ -1,5 +1,6 @@
-"""A profile's IRM runs: its data tokenised as it trains, the striation tracker on fixed probe
-texts, training (or resuming, or loading) every (emotion, seed), and `./reproduce.sh train`.
+"""A profile's IRM runs: its data tokenised as it trains, the probe texts every run of an emotion
+is measured on (the yardstick and the striation tracker, irmlib.health), training (or resuming,
+or loading) every (emotion, seed), and `./reproduce.sh train`.
 
     runs/<profile>/irm/<emotion>-seed<seed>[-variant]/   (irmlib.runs)
 """
@@ -16,15 +17,14 @@ from accelerate import PartialState
 
 from . import runs
 from .data import DataError, as_datasets, profile_rows, rewrite_of
+from .health import Probe, flag_label, index_settled, make_probe, run_flags
 from .environment import release_freed_memory
 from .host import Host, load_host
 from .irm import IRM, load_irm
 from .objective import make_paper_collate
 from .profile import profile_and_gpus
 from .prompts import make_collate, tokenize
-from .residual import irm_inputs
-from .striation import StriationTracker
-from .train import TrainConfig, is_complete, train_irm
+from .train import TrainConfig, is_complete, read_done, read_history, read_tracking, train_irm
 
 
 def profile_datasets(host: Host, profile, emotion: str, rows: list[dict]) -> tuple[dict, Callable]:
@@ -48,45 +48,65 @@ def train_config(profile, seed: int, masked_indices: tuple[int, ...] = ()) -> Tr
     return replace(profile.train, seed=seed, masked_indices=tuple(masked_indices))
 
 
+def run_probe(host: Host, profile, emotion: str, rows: list[dict]) -> Probe:
+    """The probe every run of one emotion is measured on, whatever its arm: the first
+    `analysis.probe_texts` validation rows of the emotion (irmlib.health), cut at the profile's
+    max_length."""
+    validation = as_datasets(rows, emotion, limit=profile.data_limit)["validation"]
+    chosen = validation.select(range(min(profile.analysis.probe_texts, len(validation))))
+    return make_probe(host, list(chosen["question"]), [rewrite_of(row) for row in chosen], profile.train.max_length)
+
+
 def train_for_profile(host: Host, profile, emotion: str, seed: int, rows: list[dict], progress: bool = True,
-                      masked_indices: tuple[int, ...] = (), variant: str = "", tracker: Callable[[IRM], dict] | None = None) -> dict:
+                      masked_indices: tuple[int, ...] = (), variant: str = "", probe: Probe | None = None) -> dict:
     """Train (or resume, or skip if finished) the IRM of one (emotion, seed) of a profile.
 
     rows: alignment rows (all emotions); the profile's data_limit caps each split.
     masked_indices: hidden indices of the IRM output zeroed throughout training (with `variant`
-    naming the run so it does not overwrite the plain one). tracker: see `train_irm`.
+    naming the run so it does not overwrite the plain one). probe: the emotion's (`run_probe`,
+    built here when not given): its yardstick is measured at the start, every `track_every` steps
+    with the striation tracker, and at the end.
     """
     tokenised, collate = profile_datasets(host, profile, emotion, rows)
+    probe = probe or run_probe(host, profile, emotion, rows)
     metadata = {"profile": profile.name, "emotion": emotion, "seed": seed, "host": host.name,
                 "prompt_format": profile.prompt_format, "loss_on": profile.loss_on}
     summary = train_irm(host, tokenised["train"], tokenised["validation"], collate, train_config(profile, seed, masked_indices),
-                        runs.run_dir(profile, emotion, seed, variant), metadata=metadata, progress=progress, tracker=tracker)
+                        runs.run_dir(profile, emotion, seed, variant), metadata=metadata, progress=progress,
+                        tracker=probe.tracker(profile.analysis.top_k), yardstick=probe.batch)
     release_freed_memory()
     return summary
 
 
-def probe_tracker(host: Host, profile, rows: list[dict]) -> StriationTracker:
-    """The tracker notebooks 02 and 06 both train with, so their curves are comparable: the first
-    `analysis.probe_texts` validation texts of the first emotion of notebook 06 (else of the
-    profile), tokenised as the profile trains."""
-    emotion = (profile.mechanism or {}).get("emotions", profile.emotions)[0]
-    tokenised, collate = profile_datasets(host, profile, emotion, rows)
-    validation = tokenised["validation"]
-    probe = collate([validation[i] for i in range(min(profile.analysis.probe_texts, len(validation)))])
-    return StriationTracker(irm_inputs(host, probe["input_ids"], probe["attention_mask"]))
+def run_health(run_dir, analysis) -> dict:
+    """A finished run's health (irmlib.health), from its files: the yardstick of the host, at the
+    start and at the end (nats), the run's own validation loss at the start, best and last (its
+    objective's, not comparable across objectives), both flags and what decided them, the peak
+    output RMS ratio, whether the dominant index settled, and `flag` ("ok", or the flags)."""
+    summary, history, tracking = read_done(run_dir), read_history(run_dir), read_tracking(run_dir)
+    if summary.get("last_val_loss") is None and history.val_loss.notna().any():
+        summary = {**summary, "last_val_loss": float(history.val_loss.dropna().iloc[-1])}
+    flags = run_flags(summary, history, analysis)
+    peak = float(tracking.output_rms_ratio.max()) if "output_rms_ratio" in tracking else None
+    return {**{key: summary.get(key) for key in ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss",
+                                                 "best_val_loss", "last_val_loss")},
+            **flags, "peak_output_rms_ratio": peak, **index_settled(tracking, analysis.settled_window), "flag": flag_label(flags)}
 
 
 def train_profile_runs(host: Host, profile, rows: list[dict], progress: bool = False) -> dict[str, dict]:
-    """Train (or resume, or skip if finished) every (emotion, seed) of a profile, as notebook 02 does:
-    with probe_tracker's striation metrics when `train.track_every` is set (notebook
-    06 reads them). Returns {run name: the run's done.json summary}."""
-    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
-    return {runs.run_name(emotion, seed): train_for_profile(host, profile, emotion, seed, rows, progress, tracker=tracker)
-            for emotion in profile.emotions for seed in profile.seeds}
+    """Train (or resume, or skip if finished) every (emotion, seed) of a profile, as notebook 02
+    does, each measured on its emotion's probe. Returns {run name: the run's done.json summary}."""
+    summaries = {}
+    for emotion in profile.emotions:
+        probe = run_probe(host, profile, emotion, rows)
+        for seed in profile.seeds:
+            summaries[runs.run_name(emotion, seed)] = train_for_profile(host, profile, emotion, seed, rows, progress, probe=probe)
+    return summaries
 
 
 def trained_irms(host: Host, profile, rows: list[dict] | None = None) -> dict[str, IRM]:
-    """The best IRM of every (emotion, seed) of a profile, named "<emotion>-seed<seed>".
+    """The IRM every notebook reads (irmlib.runs.read_checkpoint) of every (emotion, seed) of a
+    profile, named "<emotion>-seed<seed>".
 
     Runs that notebook 02 has not finished are trained here first by `train_profile_runs` (given
     the alignment `rows`), so a notebook that needs them also runs alone."""
@@ -101,7 +121,7 @@ def trained_irms(host: Host, profile, rows: list[dict] | None = None) -> dict[st
         started = time.perf_counter()
         train_profile_runs(host, profile, rows)
         print(f"Trained {len(missing)} IRM(s) in {time.perf_counter() - started:.0f} s.")
-    return {runs.run_name(emotion, seed): load_irm(runs.run_dir(profile, emotion, seed) / "best", host, device=host.device).eval()
+    return {runs.run_name(emotion, seed): load_irm(runs.read_checkpoint(profile, emotion, seed), host, device=host.device).eval()
             for emotion in profile.emotions for seed in profile.seeds}
 
 

@@ -84,6 +84,17 @@ def run_dir(profile, emotion: str, seed: int, variant: str = "") -> Path:
     return irm_dir(profile) / run_name(emotion, seed, variant)
 
 
+# Which saved IRM of a run every notebook reads: the last, the one the tracker's final row, the
+# yardstick at the end and the flags describe (best/, the lowest validation loss of the run's own
+# objective, is kept beside it).
+READ_CHECKPOINT = "last"
+
+
+def read_checkpoint(profile, emotion: str, seed: int, variant: str = "") -> Path:
+    """The saved IRM of a run that every notebook reads (READ_CHECKPOINT)."""
+    return run_dir(profile, emotion, seed, variant) / READ_CHECKPOINT
+
+
 def capture_path(profile, name: str) -> Path:
     """The captured IRM outputs of the run (or control, e.g. "untrained") called `name`."""
     return captures_dir(profile) / f"{name}.safetensors"

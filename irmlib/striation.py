@@ -142,13 +142,25 @@ def striation_metrics(matrix: np.ndarray, k: int = 5) -> dict:
             "vertical_continuity": vertical_continuity(matrix, dominant, k)}
 
 
+def output_rms_ratio(irm_outputs: torch.Tensor, not_first: torch.Tensor, host_rms: np.ndarray,
+                     injected_layers: tuple[int, ...]) -> np.ndarray:
+    """Per injected layer, the RMS of the IRM's output over the host's residual RMS after that
+    layer, without each text's first token: irm_outputs [real tokens, injected_layers, hidden],
+    not_first [real tokens], host_rms [layers] -> [injected_layers]."""
+    kept = irm_outputs[not_first.to(irm_outputs.device)].double()
+    rms = kept.pow(2).mean(dim=(0, 2)).sqrt().cpu().numpy()
+    return rms / np.asarray(host_rms, dtype=np.float64)[list(injected_layers)]
+
+
 class StriationTracker:
     """Striation metrics of an IRM on fixed probe inputs ([tokens, hidden], from `irm_inputs`):
     called with the IRM during training, returns index_share, layer_share, dominant_index,
-    vertical_continuity and the mean |output|."""
+    vertical_continuity, the top k, the mean |output| and, given `not_first` ([tokens] bool) and
+    the host's residual RMS per layer (`host_rms`, [layers]), the output's RMS over the host's
+    (`output_rms_ratio`, mean over injected layers, and its largest, `output_rms_ratio_max`)."""
 
-    def __init__(self, inputs: torch.Tensor, k: int = 5):
-        self.inputs, self.k = inputs, k
+    def __init__(self, inputs: torch.Tensor, k: int = 5, not_first: torch.Tensor | None = None, host_rms: np.ndarray | None = None):
+        self.inputs, self.k, self.not_first, self.host_rms = inputs, k, not_first, host_rms
 
     @torch.inference_mode()
     def __call__(self, irm: IRM) -> dict:
@@ -156,4 +168,8 @@ class StriationTracker:
         outputs = irm(self.inputs.to(param.device, param.dtype)).float().cpu()
         metrics = striation_metrics(magnitude_matrix(outputs), self.k)
         top = metrics.pop(f"top{self.k}")
-        return {**metrics, f"top{self.k}": " ".join(map(str, top)), "mean_abs": float(outputs.abs().mean())}
+        row = {**metrics, f"top{self.k}": " ".join(map(str, top)), "mean_abs": float(outputs.abs().mean())}
+        if self.host_rms is not None:
+            ratio = output_rms_ratio(outputs, self.not_first, self.host_rms, irm.config.injected_layers)
+            row.update(output_rms_ratio=float(ratio.mean()), output_rms_ratio_max=float(ratio.max()))
+        return row

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path, write_json
 from .errors import CompanionError, RunFileError, RunLockedError
 from .fieldtypes import PositiveInt, check_fields, check_mapping
+from .health import yardstick_loss
 from .host import Host
 from .inject import Injection
 from .irm import INITS, IRM, IRM_FIELDS, SITES, IRMConfig, load_irm, save_irm
@@ -43,7 +44,7 @@ from .objective import Objective, l1_penalty, lm_loss, resolve_objective, scored
 from .precision import Precision, autocast, choose_precision, normalise_request, precision_request
 
 DECAYS = ("step", "cosine", "linear")
-HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "lr", "seconds", "val_loss"]
+HISTORY_FIELDS = ["step", "epoch", "train_loss", "lm_loss", "l1", "grad_norm", "lr", "seconds", "val_loss"]
 
 
 class TrainingDiverged(CompanionError, RuntimeError):
@@ -265,6 +266,8 @@ class TrainState:
     bad_checks: int = 0  # validation checks since the best one
     stopped: str | None = None  # why training ended early: "early_stopping" or "max_steps"
     initial_val: float | None = None  # the validation loss before the first step
+    yardstick_host: float | None = None  # the yardstick (irmlib.health) of the host without an IRM
+    yardstick_start: float | None = None  # and with the IRM before the first step
     precision_request: str | None = None  # what a resumed run asks choose_precision for
     history: list[dict] = field(default_factory=list)  # one row per step (HISTORY_FIELDS)
     tracking: list[dict] = field(default_factory=list)  # one row per tracked step
@@ -296,8 +299,9 @@ def train_step(host: Host, injection: Injection, optimizer: torch.optim.Optimize
     """One optimizer step of the IRM that `injection` runs inside `host`, on one collated batch
     (`input_ids`, `attention_mask` [batch, tokens], `labels`): the forward under `precision`'s
     autocast, the backward and Adam outside it, as torch advises; with `clip_grad_norm`, the
-    gradient's global norm is clipped to it before Adam. Returns the LM loss, the L1 penalty and
-    their sum; raises TrainingDiverged, before any update, if the sum is not finite.
+    gradient's global norm is clipped to it before Adam. Returns the LM loss, the L1 penalty,
+    their sum and the gradient's global norm (before clipping); raises TrainingDiverged, before
+    any update, if the sum is not finite.
     The benchmark times exactly this function."""
     with autocast(precision):
         loss = lm_loss(host, batch["input_ids"], batch["attention_mask"], batch["labels"], objective.label_shift)
@@ -311,12 +315,15 @@ def train_step(host: Host, injection: Injection, optimizer: torch.optim.Optimize
         accelerator.backward(total)
     else:
         total.backward()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     if clip_grad_norm is not None:
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
         clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-        clip(parameters, clip_grad_norm)
+        grad_norm = clip(parameters, clip_grad_norm)
+    else:
+        # After the backward, DDP has averaged the gradients: every process sees the global norm.
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
     optimizer.step()
-    return {"lm_loss": loss.item(), "l1": penalty.item(), "train_loss": total.item()}
+    return {"lm_loss": loss.item(), "l1": penalty.item(), "train_loss": total.item(), "grad_norm": float(grad_norm)}
 
 
 def _validation_loss(host: Host, irm, loader, accelerator: Accelerator, objective: Objective, precision: Precision) -> float:
@@ -326,12 +333,19 @@ def _validation_loss(host: Host, irm, loader, accelerator: Accelerator, objectiv
     return loss
 
 
-def _tracked(tracker: Callable[[IRM], dict], irm, bare_irm: IRM, step: int) -> dict:
+def _measured(irm, measure: Callable[[], object]):
+    """`measure()` with the IRM in eval mode and no autograd, then back to training."""
     irm.eval()
     with torch.inference_mode():
-        row = {"step": step, **tracker(bare_irm)}
+        value = measure()
     irm.train()
-    return row
+    return value
+
+
+def _tracked(tracker: Callable[[IRM], dict] | None, yardstick: Callable[[], float] | None, irm, bare_irm: IRM, step: int) -> dict:
+    """One row of tracking.csv: the step, the yardstick of the IRM as it stands, the tracker's metrics."""
+    return _measured(irm, lambda: {"step": step, **({"yardstick": yardstick()} if yardstick is not None else {}),
+                                   **(tracker(bare_irm) if tracker is not None else {})})
 
 
 def _checkpoint(run_dir: Path, irm: IRM, optimizer, scheduler, state: TrainState, host: Host, meta: dict) -> None:
@@ -369,13 +383,16 @@ def _resume(run_dir: Path, irm: IRM, optimizer, scheduler, host: Host) -> TrainS
 
 def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: str | Path,
               metadata: dict | None = None, accelerator: Accelerator | None = None, progress: bool = True,
-              tracker: Callable[[IRM], dict] | None = None) -> dict:
+              tracker: Callable[[IRM], dict] | None = None, yardstick: dict | None = None) -> dict:
     """Train an IRM for `host` on tokenised rows; resume from `run_dir/last` if present.
 
     train_set, val_set: indexable rows that `collate` turns into a batch dict of `input_ids`,
     `attention_mask` ([batch, tokens]) and `labels` ([batch, tokens + label_shift - 1] or
     [batch, tokens], -100 where ignored). tracker: called with the IRM before the first step and
-    every `config.track_every` steps; its dict goes to `tracking.csv` with the step.
+    every `config.track_every` steps; its dict goes to `tracking.csv` with the step. yardstick: a
+    probe's batch (irmlib.health.Probe.batch): the host's next-token loss on it is measured without
+    the IRM, before the first step, at every tracked step and at the end (done.json:
+    yardstick_host, yardstick_start, yardstick_end).
     Returns the summary written to `run_dir/done.json`; a finished run is not retrained.
     """
     run_dir = Path(run_dir)
@@ -386,11 +403,13 @@ def train_irm(host: Host, train_set, val_set, collate, config: TrainConfig, run_
     accelerator = accelerator or Accelerator()
     main = accelerator.is_main_process
     with writer_lock(run_dir) if main else nullcontext():
-        return _train_holding_the_lock(host, train_set, val_set, collate, config, run_dir, metadata, accelerator, progress, tracker)
+        return _train_holding_the_lock(host, train_set, val_set, collate, config, run_dir, metadata, accelerator, progress, tracker,
+                                       yardstick)
 
 
 def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: TrainConfig, run_dir: Path, metadata: dict | None,
-                            accelerator: Accelerator, progress: bool, tracker: Callable[[IRM], dict] | None) -> dict:
+                            accelerator: Accelerator, progress: bool, tracker: Callable[[IRM], dict] | None,
+                            yardstick_batch: dict | None) -> dict:
     """train_irm's body, run by the one writer of `run_dir`."""
     main = accelerator.is_main_process
     if is_complete(run_dir):  # finished by another process between the first check and taking the lock
@@ -421,11 +440,17 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
     checks = min(config.val_checks_per_epoch, steps_per_epoch)
     check_steps = {math.ceil(steps_per_epoch * k / checks) for k in range(1, checks + 1)}
 
+    yardstick = (lambda: yardstick_loss(host, yardstick_batch, precision)) if yardstick_batch is not None else None
     if state.initial_val is None:
         # The validation loss before any step: with a zero-init IRM, the untouched host's.
         state.initial_val = _validation_loss(host, irm, val_loader, accelerator, objective, precision)
-    if tracker is not None and not state.tracking:
-        state.tracking.append(_tracked(tracker, irm, bare_irm, state.global_step))
+        if yardstick is not None:
+            with injection.settings(active=False):
+                state.yardstick_host = _measured(irm, yardstick)
+            state.yardstick_start = _measured(irm, yardstick)
+    tracking = (tracker is not None or yardstick is not None) and config.track_every
+    if tracking and not state.tracking:
+        state.tracking.append(_tracked(tracker, yardstick, irm, bare_irm, state.global_step))
     irm.train()
     try:
         with host_checkpointing(host, config.activation_checkpointing):
@@ -453,8 +478,8 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                     scheduler.step()
                     bar.set_postfix(loss=f"{losses['lm_loss']:.3f}")
 
-                    if tracker is not None and config.track_every and state.global_step % config.track_every == 0:
-                        state.tracking.append(_tracked(tracker, irm, bare_irm, state.global_step))
+                    if tracking and state.global_step % config.track_every == 0:
+                        state.tracking.append(_tracked(tracker, yardstick, irm, bare_irm, state.global_step))
                     at_max = config.max_steps is not None and state.global_step >= config.max_steps
                     if state.step_in_epoch in check_steps or at_max:
                         val_loss = _validation_loss(host, irm, val_loader, accelerator, objective, precision)
@@ -480,14 +505,18 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                 if main:
                     _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
                 accelerator.wait_for_everyone()
+        yardstick_end = _measured(irm, yardstick) if yardstick is not None else None
     finally:
         injection.remove()
 
     history = state.history
+    checks = [r["val_loss"] for r in history if r["val_loss"] != ""]
     summary = {"precision": precision.name, "steps": state.global_step, "epochs": round(state.global_step / steps_per_epoch, 2),
-               "initial_val_loss": state.initial_val, "best_val_loss": state.best_val, "stopped": state.stopped or "epochs",
-               "first_train_loss": history[0]["lm_loss"], "last_train_loss": history[-1]["lm_loss"],
+               "initial_val_loss": state.initial_val, "best_val_loss": state.best_val, "last_val_loss": checks[-1] if checks else None,
+               "stopped": state.stopped or "epochs", "first_train_loss": history[0]["lm_loss"], "last_train_loss": history[-1]["lm_loss"],
                "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
+    if yardstick is not None:
+        summary.update(yardstick_host=state.yardstick_host, yardstick_start=state.yardstick_start, yardstick_end=yardstick_end)
     if main:
         write_json(run_dir / "done.json", summary)
     accelerator.wait_for_everyone()

@@ -120,6 +120,18 @@ def test_training_claims_hold_fail_and_say_not_tested_without_a_second_precision
     assert "not tracked" in training.claims(summaries, untracked, ANALYSIS)[1].evidence
 
 
+def test_the_health_claim_fails_on_any_flagged_run():
+    row = {"yardstick_host": 3.0, "yardstick_end": 3.2, "initial_val_loss": 10.0, "last_val_loss": 4.0, "flag": "ok"}
+    healthy = pd.DataFrame({"anger-seed0": row, "sadness-seed0": row}).T
+    assert by_number([training.health_claim(healthy, ANALYSIS)]) == {"3": HELD}
+    damaged = healthy.copy()
+    damaged.loc["sadness-seed0", ["yardstick_end", "flag"]] = [9.0, "host damaged"]
+    claim = training.health_claim(damaged, ANALYSIS)
+    assert by_number([claim]) == {"3": NOT_HELD} and "1 of 2 runs flagged" in claim.evidence and "3.000 (host) -> 9.000" in claim.evidence
+    unmeasured = healthy.assign(flag="not measured")
+    assert by_number([training.health_claim(unmeasured, ANALYSIS)]) == {"3": NOT_TESTED}
+
+
 # ----- 03 -----
 
 def scored_generations(irm_p: list[float | None], base_p: float = 0.2, seeds: tuple[int, ...] = (0,), degenerate: int = 0) -> pd.DataFrame:
@@ -283,3 +295,6 @@ def test_mechanism_claims():
     assert "no shared index" in failed[0].evidence
     one_run_each = {"A": arm(0.4, 0.05, 7, float("nan"), runs=1), "B": arm(0.1, 0.1, 3, float("nan"), runs=1)}
     assert by_number(mechanism.claims(one_run_each, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS))["1"] == NOT_TESTED
+    # Every run of E flagged: no evidence, so nothing to say about whether its striation fades.
+    e_flagged = per_arm | {"E": arm(float("nan"), float("nan"), None, float("nan"), runs=0)}
+    assert by_number(mechanism.claims(e_flagged, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS))["2"] == NOT_TESTED

@@ -85,9 +85,17 @@ def test_arms_of_the_cpu_profile():
 
 def test_arm_summary_and_curve_verdict():
     results = [{"run": f"r{i}", "index_share": 0.5, "layer_share": 0.1, "vertical_continuity": 0.8, "best_val_loss": 2.0,
-                "dominant_index": 3, "matrix": striated(index=3, seed=i)} for i in range(3)]
+                "yardstick_host": 3.0, "yardstick_end": 3.5, "flag": "ok", "dominant_index": 3, "matrix": striated(index=3, seed=i)}
+               for i in range(3)]
     summary = arm_summary(results, hidden=20, k=5)
     assert summary["shared_dominant_index"] == 3 and summary["top1_agreement"] == 1.0 and summary["runs"] == 3
+    assert summary["yardstick_end"] == 3.5 and summary["flagged"] == {}
+    # A flagged run is named, never pooled: its index, share and yardstick leave the arm's numbers alone.
+    damaged = results[0] | {"run": "bad", "flag": "host damaged", "index_share": 0.9, "yardstick_end": 9.0, "dominant_index": 11,
+                            "matrix": striated(index=11, seed=5)}
+    assert arm_summary(results + [damaged], hidden=20, k=5) == summary | {"flagged": {"bad": "host damaged"}}
+    nothing = arm_summary([damaged], hidden=20, k=5)
+    assert nothing["runs"] == 0 and nothing["shared_dominant_index"] is None and np.isnan(nothing["index_share"])
     assert summary["pairs"] == 3 and summary["top1_chance"] == 1 / 20 and summary["top5_chance"] == 5 / 20
     assert summary["dominant_indices"] == [3, 3, 3]
     assert np.isnan(arm_summary(results[:1], hidden=20)["top1_agreement"])
@@ -135,7 +143,8 @@ def test_arm_tone_prompts_each_arm_as_it_trained(embedded_host):
 def test_arm_a_shares_notebook_02s_runs(embedded_host, smoke_root, smoke_training):
     """Arm A trains exactly as the profile's own runs: run_arm finds notebook 02's finished run
     (no variant, no training) and measures it; arm B trains a run of its own."""
-    from irmlib.runs import eval_questions, irm_dir, run_dir
+    from irmlib.profile_runs import run_probe
+    from irmlib.runs import irm_dir, run_dir
     from irmlib.studies.mechanism import run_arm
 
     profile, rows = smoke_training["profile"], smoke_training["rows"]
@@ -143,12 +152,16 @@ def test_arm_a_shares_notebook_02s_runs(embedded_host, smoke_root, smoke_trainin
     assert arm_variant(profile, arms["A"], "A") == "" and arm_variant(profile, arms["B"], "B") == "armB"
     shared = run_dir(profile, "anger", 0)
     done_before = (shared / "done.json").read_text()
-    weights_mtime = (shared / "best" / "irm.safetensors").stat().st_mtime_ns
+    weights_mtime = (shared / "last" / "irm.safetensors").stat().st_mtime_ns
     before = {p.name for p in irm_dir(profile).iterdir()}
-    questions = eval_questions(profile, rows)[:2]
-    result = run_arm(embedded_host, profile, arms, "A", "anger", 0, rows, None, questions)  # no tracker: nothing trains
-    assert result["irm_dir"] == shared / "best" and result["run"] == "A:anger-seed0"
+    probe = run_probe(embedded_host, profile, "anger", rows)
+    result = run_arm(embedded_host, profile, arms, "A", "anger", 0, rows, probe)
+    assert result["irm_dir"] == shared / "last" and result["run"] == "A:anger-seed0"
     assert {p.name for p in irm_dir(profile).iterdir()} == before, "arm A made a run directory of its own"
-    assert (shared / "done.json").read_text() == done_before and (shared / "best" / "irm.safetensors").stat().st_mtime_ns == weights_mtime
+    assert (shared / "done.json").read_text() == done_before and (shared / "last" / "irm.safetensors").stat().st_mtime_ns == weights_mtime
+    # Measured on the probe texts the tracker read, on the same IRM: its last tracked row.
+    assert result["dominant_index"] == result["tracking"].dominant_index.iloc[-1]
+    assert result["index_share"] == pytest.approx(result["tracking"].index_share.iloc[-1], rel=1e-4)
+    assert result["flag"] in ("ok", "unstable", "host damaged", "unstable, host damaged") and result["yardstick_end"] > 0
     assert result["steps"] == profile.train.max_steps and result["matrix"].shape == (len(profile.irm["injected_layers"]), embedded_host.hidden_size)
     assert not result["tracking"].empty, "02's tracked striation metrics are arm A's curve"

@@ -48,15 +48,19 @@ def test_train_command_trains_every_run_of_a_profile(tmp_path, monkeypatch, caps
         assert done["steps"] == 1 and done["epochs"] == 0.5  # 1 of the 2 steps of an epoch of 8 rows in batches of 4
 
 
-def test_probe_tracker_reads_the_profiles_probe_texts(tiny_text_host, monkeypatch):
+def test_the_probe_is_the_runs_own_emotions_first_validation_texts(embedded_host):
     from irmlib import profile_runs
-    from irmlib.data import load_alignment
+    from irmlib.data import as_datasets, load_alignment, rewrite_of
     from irmlib.profile import load_profile
 
-    # Only the probe batch is under test: the tracker's inputs are the batch's token ids.
-    monkeypatch.setattr(profile_runs, "irm_inputs", lambda host, input_ids, attention_mask: input_ids)
-    tracker = profile_runs.probe_tracker(tiny_text_host, load_profile("smoke", probe_texts=3, max_length=16), load_alignment())
-    assert len(tracker.inputs) == 3
+    rows = load_alignment()
+    profile = load_profile("smoke", probe_texts=3, max_length=200)
+    for emotion in ("anger", "sadness"):
+        probe = profile_runs.run_probe(embedded_host, profile, emotion, rows)
+        first = as_datasets(rows, emotion, limit=profile.data_limit)["validation"][0]
+        text = embedded_host.tokenizer.decode(probe.batch["input_ids"][0][probe.batch["attention_mask"][0].bool()])
+        assert len(probe.batch["input_ids"]) == 3 and text.startswith(first["question"]) and rewrite_of(first) in text
+        assert len(probe.irm_inputs) == int(probe.batch["attention_mask"].sum())
 
 
 def test_train_command_starts_accelerate_launch_for_several_gpus(monkeypatch):

@@ -274,15 +274,18 @@ def test_clipping_bounds_the_gradient_adam_sees(tiny_host):
     from irmlib.train import irm_optimizer, train_step
 
     batch = make_collate(0)(tiny_rows(4, 0))
-    norms = {}
+    norms, recorded = {}, {}
     for clip in (None, 1e-3):
+        torch.manual_seed(0)
         irm = IRM(IRMConfig.for_host(tiny_host, init="torch"))
         optimizer = irm_optimizer(irm, 1e-3)
         with inject(tiny_host, irm) as injection:
-            train_step(tiny_host, injection, optimizer, batch, resolve_objective("fixed"), choose_precision("cpu", "float32"),
-                       clip_grad_norm=clip)
+            recorded[clip] = train_step(tiny_host, injection, optimizer, batch, resolve_objective("fixed"),
+                                        choose_precision("cpu", "float32"), clip_grad_norm=clip)["grad_norm"]
         norms[clip] = float(torch.nn.utils.get_total_norm([p.grad for p in irm.parameters()]))
     assert norms[None] > 1e-2 and norms[1e-3] == pytest.approx(1e-3, rel=1e-3)
+    # The recorded norm is the gradient's own, before clipping, with or without it.
+    assert recorded[None] == pytest.approx(norms[None]) and recorded[1e-3] == pytest.approx(norms[None])
 
 
 def test_a_killed_run_resumes_its_schedule_bit_exactly(tmp_path, monkeypatch):

@@ -32,9 +32,9 @@ def tiny_rows(n: int, seed: int) -> list[dict]:
 
 
 def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0.0, seed: int = 7, checkpoint_every: int = 2,
-        host: Host | None = None, **train) -> dict:
+        host: Host | None = None, yardstick: dict | None = None, init: str = "paper", **train) -> dict:
     """Train (or resume) the tiny IRM in `run_dir`; `host` defaults to a fresh tiny random llama;
-    `train`: other TrainConfig fields (a schedule, clipping)."""
+    `yardstick`: a probe batch (train_irm); `train`: other TrainConfig fields (a schedule, clipping)."""
     host = host or Host.from_model(tiny_model("llama"), name="tiny-llama")
     collate = make_collate(0)
     if slow:
@@ -42,8 +42,8 @@ def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0
             time.sleep(slow)
             return _inner(rows)
     config = TrainConfig(epochs=epochs, batch_size=4, lr=1e-3, seed=seed, max_steps=steps, checkpoint_every=checkpoint_every,
-                         irm={"init": "paper"}, **train)
-    return train_irm(host, tiny_rows(24, 0), tiny_rows(8, 1), collate, config, run_dir, progress=False)
+                         irm={"init": init}, **train)
+    return train_irm(host, tiny_rows(24, 0), tiny_rows(8, 1), collate, config, run_dir, progress=False, yardstick=yardstick)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ..irm import load_irm
 from ..judge import EmotionJudge
 from ..profile_runs import train_for_profile
 from ..prompts import decode_tokens, encode_prompts, format_prompt, left_padding
-from ..runs import run_dir, run_name
+from ..runs import read_checkpoint, run_dir, run_name
 from ..scoring import change_verdict, generation_table, paired_change, paired_scored, score_generations
 from ..striation import is_striated, magnitude_matrix, shared_dominant_index, striation_metrics
 from ..train import read_done
@@ -161,7 +161,7 @@ def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed:
     """
     variant = f"mask{masked_index}"
     summary = train_for_profile(host, profile, emotion, seed, rows, masked_indices=(masked_index,), variant=variant, progress=False)
-    masked_irm = load_irm(run_dir(profile, emotion, seed, variant) / "best", host, device=host.device).eval()
+    masked_irm = load_irm(read_checkpoint(profile, emotion, seed, variant), host, device=host.device).eval()
     # Measured as it trained: the masked index zeroed (left at its init, it would be injected).
     mask = (masked_index,)
     matrix = magnitude_matrix(capture_irm_outputs(host, masked_irm, questions, profile.prompt_format,

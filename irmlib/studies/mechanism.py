@@ -15,18 +15,18 @@ from scipy.stats import binom
 
 from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
-from ..generate import capture_irm_outputs
 from ..host import Host
 from ..inject import Injection
 from ..irm import IRM, load_irm
 from ..judge import EmotionJudge
 from ..objective import lm_loss
 from ..profile import with_overrides
-from ..profile_runs import train_config, train_for_profile
+from ..health import Probe
+from ..profile_runs import run_health, train_config, train_for_profile
 from ..prompts import decode_tokens
 from ..scoring import generation_table, mean_ci, score_generations, target_change, text_quality
 from ..train import read_tracking
-from ..striation import (StriationTracker, index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
+from ..striation import (index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
                          striation_metrics, top_k_agreement)
 
 
@@ -155,50 +155,75 @@ def arm_variant(profile, arm_profile, arm: str) -> str:
     return "" if same else f"arm{arm}"
 
 
-def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict],
-            tracker: StriationTracker, questions: list[str]) -> dict:
-    """Train (or load) one run of an arm, then capture its outputs on `questions` (prompt tokens and
-    the first analysis.capture_new_tokens greedy tokens, as notebook 04) and measure its striations.
+def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict], probe: Probe) -> dict:
+    """Train (or load) one run of an arm and measure, on its emotion's probe texts (`probe`, the
+    texts its tracker read while it trained), the striations of the IRM every notebook reads
+    (irmlib.runs.read_checkpoint), and its health (irmlib.profile_runs.run_health).
 
-    Returns the run's name, arm, training summary, striation metrics, `matrix` (mean |output|,
-    [layers, hidden]), `signed` (signed mean, [layers, hidden]), `tracking` (DataFrame of the
-    tracked metrics by step) and `irm_dir`, the trained IRM's directory (irmlib.irm.load_irm): the
+    Returns the run's name, arm, training summary, health, striation metrics, `matrix` (mean
+    |output|, [layers, hidden]), `signed` (signed mean, [layers, hidden]), `tracking` (DataFrame
+    of the tracked metrics by step) and `irm_dir`, the IRM's directory (irmlib.irm.load_irm): the
     IRM itself is not kept, so a study of many runs holds one IRM at a time.
     """
     arm_profile = arms[arm]
     variant = arm_variant(profile, arm_profile, arm)
-    summary = train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, tracker=tracker)
+    summary = train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, probe=probe)
     directory = runs.run_dir(profile, emotion, seed, variant)
-    irm = load_irm(directory / "best", host, device=host.device).eval()
-    outputs = capture_irm_outputs(host, irm, questions, arm_profile.prompt_format,
-                                  new_tokens=profile.analysis.capture_new_tokens).irm_outputs
+    checkpoint = runs.read_checkpoint(profile, emotion, seed, variant)
+    irm = load_irm(checkpoint, host, device=host.device).eval()
+    with torch.inference_mode():
+        outputs = irm(probe.irm_inputs.to(host.device, next(irm.parameters()).dtype)).float().cpu()
     matrix = magnitude_matrix(outputs)
     metrics = striation_metrics(matrix, profile.analysis.top_k)
-    tracking = read_tracking(directory)
+    health = run_health(directory, profile.analysis)
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
-            **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")}, **metrics,
-            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": tracking, "irm_dir": directory / "best"}
+            **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")},
+            **{k: health[k] for k in RUN_HEALTH}, **metrics,
+            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint}
+
+
+# The health of a run (irmlib.profile_runs.run_health) that notebook 06 shows beside its striations.
+RUN_HEALTH = ("yardstick_host", "yardstick_start", "yardstick_end", "last_val_loss", "unstable", "host_damaged",
+              "peak_output_rms_ratio", "settled", "flag")
+
+
+def evidence(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The runs that count as an arm's evidence (neither unstable nor host-damaged: flag "ok") and
+    the others, shown apart and never pooled."""
+    return [r for r in results if r["flag"] == "ok"], [r for r in results if r["flag"] != "ok"]
 
 
 def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
-    """One arm's runs (from `run_arm`) in numbers: mean shares and vertical continuity, the shared
-    dominant index (None where no index dominates two runs), the per-run ones, top-1 / top-k
-    agreement with the number of run pairs and the chance rate of each (a random index per run:
-    1/hidden and k/hidden), NaN with one run."""
-    importances = {r["run"]: index_importance(r["matrix"]) for r in results}
-    several = len(results) > 1
+    """One arm's runs (from `run_arm`) in numbers, pooled over its evidence only (`evidence`: runs
+    flagged unstable or host-damaged are counted and named, never pooled): mean shares, vertical
+    continuity and yardstick (host, end: nats, comparable across arms), the shared dominant index
+    (None where no index dominates two runs), the per-run ones, top-1 / top-k agreement with the
+    number of run pairs and the chance rate of each (a random index per run: 1/hidden and
+    k/hidden), NaN with fewer than two runs, and the objective's own best validation loss (its
+    objective's: not comparable across arms). An arm with no evidence has NaN and None."""
+    kept, flagged = evidence(results)
+    importances = {r["run"]: index_importance(r["matrix"]) for r in kept}
+    several = len(kept) > 1
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in kept if r.get(key) is not None]
+        return float(np.mean(values)) if values else float("nan")
+
     return {
-        "runs": len(results),
-        "index_share": float(np.mean([r["index_share"] for r in results])),
-        "layer_share": float(np.mean([r["layer_share"] for r in results])),
-        "vertical_continuity": float(np.mean([r["vertical_continuity"] for r in results])),
-        "shared_dominant_index": shared_dominant_index({r["run"]: r["matrix"] for r in results}),
-        "dominant_indices": [int(r["dominant_index"]) for r in results],
+        "runs": len(kept),
+        "flagged": {r["run"]: r["flag"] for r in flagged},
+        "index_share": mean("index_share"),
+        "layer_share": mean("layer_share"),
+        "vertical_continuity": mean("vertical_continuity"),
+        "yardstick_host": mean("yardstick_host"),
+        "yardstick_end": mean("yardstick_end"),
+        "shared_dominant_index": shared_dominant_index({r["run"]: r["matrix"] for r in kept}) if kept else None,
+        "dominant_indices": [int(r["dominant_index"]) for r in kept],
         "top1_agreement": top_k_agreement(importances, 1) if several else float("nan"),
         f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
-        "pairs": len(results) * (len(results) - 1) // 2,
+        "pairs": len(kept) * (len(kept) - 1) // 2,
         "top1_chance": 1 / hidden, f"top{k}_chance": k / hidden,
-        "best_val_loss": float(np.mean([r["best_val_loss"] for r in results])),
+        "objective_best_val_loss": mean("best_val_loss"),
     }
 
 
@@ -254,8 +279,8 @@ def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: st
 def prediction_ranks(predicted: dict[str, int], results: list[dict]) -> pd.DataFrame:
     """Per hypothesis' index and per run: the index's rank in the run's importance (1 = the
     dominant index). One row per hypothesis, one column per run (from `run_arm`)."""
-    return pd.DataFrame({name: {r["run"]: rank_of(index_importance(r["matrix"]), index) for r in results}
-                         for name, index in predicted.items()}).T
+    return pd.DataFrame({r["run"]: {name: rank_of(index_importance(r["matrix"]), index) for name, index in predicted.items()}
+                         for r in results}, index=list(predicted), dtype=float)
 
 
 def prediction_verdict(ranks: Sequence[int], hidden: int, k: int, alpha: float = 0.05) -> dict:
@@ -298,7 +323,9 @@ def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFr
                    + ("" if a is None or b is None or min(a["runs"], b["runs"]) >= 2 else " Agreement needs two runs of each arm."))]
     if "E" in per_arm and a is not None:
         e = per_arm["E"]
-        found.append(Claim("2", "With Adam in a rotated basis (E) the striation fades", verdict(bool(e["index_share"] < a["index_share"] / ratio)),
+        measured = e["runs"] > 0 and a["runs"] > 0  # an arm whose every run is flagged has no evidence
+        found.append(Claim("2", "With Adam in a rotated basis (E) the striation fades",
+                           verdict(bool(e["index_share"] < a["index_share"] / ratio) if measured else None),
                            f"Index share E {e['index_share']:.2f} against A {a['index_share']:.2f} (fades: under A's / {ratio:g}); "
                            f"E's dominant indices {e['dominant_indices']}."))
     for name, index in predicted.items():

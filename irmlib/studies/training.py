@@ -12,7 +12,7 @@ from ..claims import Claim, verdict
 from ..host import Host
 from ..precision import choose_precision
 from ..profile import with_overrides
-from ..profile_runs import probe_tracker, train_for_profile
+from ..profile_runs import run_health, run_probe, train_for_profile
 from ..train import read_tracking
 
 
@@ -37,8 +37,6 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
         return _nothing_compared("This machine trains in float32 already, so there is no second precision to compare.")
     if not run_names:
         return _nothing_compared("No runs named in precision_check: name some in the profile to compare them in float32.")
-    tracker = probe_tracker(host, profile, rows) if profile.train.track_every else None
-
     def last_dominant(directory: Path) -> int | None:
         tracking = read_tracking(directory)
         return int(tracking.dominant_index.iloc[-1]) if len(tracking) else None
@@ -46,14 +44,32 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
     table = {}
     for name in run_names:
         emotion, seed, _ = runs.parse_run_name(name)
-        own = train_for_profile(host, profile, emotion, seed, rows, progress=False, tracker=tracker)
-        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant="float32", tracker=tracker)
+        probe = run_probe(host, profile, emotion, rows)
+        own = train_for_profile(host, profile, emotion, seed, rows, progress=False, probe=probe)
+        twin = train_for_profile(host, other, emotion, seed, rows, progress=False, variant="float32", probe=probe)
         table[name] = {"precision": own["precision"], "float32 precision": twin["precision"],
                        "best_val_loss": own["best_val_loss"], "best_val_loss float32": twin["best_val_loss"],
                        "relative_difference": abs(own["best_val_loss"] - twin["best_val_loss"]) / twin["best_val_loss"],
                        "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
                        "dominant_index float32": last_dominant(runs.run_dir(profile, emotion, seed, "float32"))}
     return pd.DataFrame(table).T
+
+
+HEALTH_COLUMNS = ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss", "last_val_loss", "unstable",
+                  "host_damaged", "peak_output_rms_ratio", "final_index", "settled", "flag")
+
+
+def health_table(profile, run_names) -> pd.DataFrame:
+    """Notebook 02's runs on one yardstick (irmlib.health): one row per run name with the host's
+    next-token loss on the emotion's probe texts, the same with the IRM at the start and at the end
+    (the IRM every notebook reads), the objective's own validation loss at the start and at the
+    end, both flags, the peak output RMS ratio, the final dominant index and whether it settled."""
+    rows = {}
+    for name in run_names:
+        emotion, seed, variant = runs.parse_run_name(name)
+        health = run_health(runs.run_dir(profile, emotion, seed, variant), profile.analysis)
+        rows[name] = {key: health[key] for key in HEALTH_COLUMNS}
+    return pd.DataFrame(rows).T
 
 
 def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) -> list[Claim]:
@@ -84,3 +100,16 @@ def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) 
                            f"Best validation loss {row['best_val_loss']:.3f} ({row['precision']}) vs {row['best_val_loss float32']:.3f} "
                            f"(float32), {row['relative_difference']:.2%} apart; {index}."))
     return found
+
+
+def health_claim(health: pd.DataFrame, analysis) -> Claim:
+    """Notebook 02's claim 3: every run trained without a flag (irmlib.health): none unstable, none
+    whose yardstick ended more than analysis.host_damaged_margin nats above the host's. Not tested
+    where no run's health was measured. health: `health_table`."""
+    measured = health[health.flag != "not measured"]
+    flagged = measured[measured.flag != "ok"]
+    evidence = "; ".join(f"{run} {row.flag}: yardstick {row.yardstick_host:.3f} (host) -> {row.yardstick_end:.3f}, own validation "
+                         f"loss {row.initial_val_loss:.3f} -> {row.last_val_loss:.3f}" for run, row in measured.iterrows())
+    return Claim("3", f"Every run trained without a flag (stable, yardstick within {analysis.host_damaged_margin:g} nats of the host's)",
+                 verdict(None if measured.empty else flagged.empty),
+                 f"{len(flagged)} of {len(measured)} runs flagged. {evidence}." if len(measured) else "No run's health was measured.")
