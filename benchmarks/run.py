@@ -30,7 +30,8 @@ from irmlib.atomic import write_json, write_text
 from irmlib.generate import CapturedOutputs, generate
 from irmlib.host import Host, load_host
 from irmlib.inject import inject
-from irmlib.pipeline import NOTEBOOKS, cell_label, notebook_dir
+from irmlib.pipeline import cell_label, notebook_dir
+from irmlib.profile import NOTEBOOKS
 from irmlib.irm import IRM, IRMConfig
 from irmlib.objective import Objective
 from irmlib.profile import load_profile

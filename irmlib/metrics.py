@@ -12,7 +12,8 @@ from .errors import CompanionError
 # The sections of figures/<profile>/metrics.json, one per notebook part (and the run record), with
 # the keys that the pipeline's end-of-run summary (irmlib.pipeline.summary_lines) and README's
 # findings read: for a section, the keys it must hold; for "each run" sections ({run name: values}),
-# the keys every run's values must hold; for row lists, the keys of every row.
+# the keys every run's values must hold; for row lists, the keys of every row; "profile" names the
+# one profile whose run writes a section (the others come from the default pipeline).
 METRICS_SCHEMA: dict[str, dict] = {
     "run": {"keys": ("run", "commit", "clean", "precision")},
     "01_data": {"keys": ("questions", "mean_words", "tone_classifier_accuracy", "judge_length_check")},
@@ -25,6 +26,8 @@ METRICS_SCHEMA: dict[str, dict] = {
                                         "layer_share_mean", "vertical_continuity_mean", "steering")},
     "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "training_ablation", "nudge_kl", "logit_spread_ranks")},
     "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "host_side")},
+    # Notebook 07 runs with a profile of its own: its section is in figures/regime/metrics.json.
+    "07_regime": {"keys": ("cells", "long", "recommendation", "thresholds", "claims"), "profile": "regime"},
 }
 
 

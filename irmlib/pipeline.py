@@ -26,7 +26,6 @@ from .precision import choose_precision, precision_request
 from .profile import DEFAULT_PROFILE, OVERRIDES_ENV, ProfileError, available_profiles, load_profile, overrides_from_env
 from .runs import is_run_name, notebooks_dir, run_root
 
-NOTEBOOKS = ("01_data", "02_train_irm", "03_sample_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism")
 
 
 def notebook_dir() -> Path:
@@ -156,9 +155,10 @@ def publish(profile_name: str) -> list[Path]:
     records the profile). Only finished stages are copied."""
     import nbformat  # lazy: see cell_running_at
 
-    out_dir = notebooks_dir(load_profile(profile_name))
+    profile = load_profile(profile_name)
+    out_dir = notebooks_dir(profile)
     published = []
-    for name in NOTEBOOKS:
+    for name in profile.notebooks:
         executed = out_dir / f"{name}.ipynb"
         if not (out_dir / f"{name}.done").exists():
             continue
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[name] = "1"
     out_dir = notebooks_dir(profile)
-    present = [name for name in NOTEBOOKS if (notebook_dir() / f"{name}.ipynb").exists()]
+    present = [name for name in profile.notebooks if (notebook_dir() / f"{name}.ipynb").exists()]
     record = run_record(profile, args.force)
     print(f"run {record['run']} at commit {record['commit']} ({'clean' if record['clean'] else 'with uncommitted changes'}); "
           f"precision {record['precision']}: {record['precision_reason']}")

@@ -240,3 +240,25 @@ def ablation_bars(ablation) -> plt.Figure:
            title="Masking the dominant index at inference (bars: 95% intervals)")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="condition")
     return fig
+
+
+def regime_scatter(table) -> plt.Figure:
+    """Notebook 07's map in two panels: each cell's index share against its yardstick's change
+    (end minus the host's, nats) and against its peak output RMS ratio (log scale); the colour is
+    the arm, the marker whether the cell was flagged, and each point is labelled with its rate and
+    schedule. table: one row per cell with arm, lr, schedule, flag, index_share, yardstick_change,
+    peak_output_rms_ratio."""
+    data = table.reset_index().assign(evidence=lambda t: np.where(t.flag == "ok", "unflagged", "flagged"))
+    panels = [("yardstick_change", "yardstick change: end - host (nats)"), ("peak_output_rms_ratio", "peak IRM output RMS / host residual RMS")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (column, label) in zip(axes, panels):
+        sns.scatterplot(data=data, x=column, y="index_share", hue="arm", style="evidence", style_order=["unflagged", "flagged"],
+                        markers={"unflagged": "o", "flagged": "X"}, s=70, ax=ax, legend=ax is axes[-1])
+        for _, row in data.iterrows():
+            ax.annotate(f"{row.lr:.0e} {row.schedule}", (row[column], row.index_share), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set(xlabel=label, ylabel="index share of variance (0-1)", ylim=(0, 1))
+        if column == "peak_output_rms_ratio":
+            ax.set_xscale("log")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    fig.tight_layout()
+    return fig

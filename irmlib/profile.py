@@ -25,6 +25,10 @@ from .runs import run_name
 from .train import TrainConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# The numbered notebooks the default pipeline runs (cpu, smoke, colab, paper), and the studies that
+# run with a profile of their own (07: `./reproduce.sh --profile regime`).
+NOTEBOOKS = ("01_data", "02_train_irm", "03_sample_generations", "04_vertical_continuity", "05_lm_head_probing", "06_mechanism")
+STUDY_NOTEBOOKS = ("07_regime",)
 DEFAULT_PROFILE = "cpu"
 
 
@@ -113,6 +117,8 @@ class Profile:
     squad_rows: PositiveInt | None = None  # paper profile: questions taken from SQuAD (None: all)
     squad_source: str | None = None  # a local SQuAD-format JSON file; None: the hub's rajpurkar/squad_v2
     mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
+    regime: dict | None = None  # notebook 07: the regime map's arms, rates, schedules and step budget (irmlib.studies.regime)
+    notebooks: tuple[str, ...] = NOTEBOOKS  # what ./reproduce.sh runs with this profile
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # the `analysis:` section
 
     def __post_init__(self):
@@ -126,6 +132,9 @@ class Profile:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}.")
         if not self.emotions or not self.seeds:
             raise ValueError("emotions and seeds must each name at least one.")
+        unknown_notebooks = [name for name in self.notebooks if name not in NOTEBOOKS + STUDY_NOTEBOOKS]
+        if unknown_notebooks or not self.notebooks:
+            raise ValueError(f"notebooks: {unknown_notebooks or 'none'} given; choose from {', '.join(NOTEBOOKS + STUDY_NOTEBOOKS)}.")
         runs_of_profile = {run_name(e, seed) for e in self.emotions for seed in self.seeds}
         unknown_runs = [name for name in self.precision_check if name not in runs_of_profile]
         if unknown_runs:

@@ -76,6 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # irmlib.precision: auto (bf16 autocast on CPUs with native bf16), float32, bfloat16
     seed: int = 42
     max_steps: PositiveInt | None = None  # stop after this many optimizer steps in total
+    stop_yardstick_margin: float | None = None  # stop once the yardstick is this many nats above the host's at two tracked steps
     checkpoint_every: PositiveInt = 25  # steps between resumable checkpoints
     activation_checkpointing: bool = False  # recompute the host's layers in the backward pass (less memory, ~1/3 more host compute)
     masked_indices: tuple[int, ...] = ()  # hidden indices of the IRM output zeroed during training
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"train.warmup_steps: expected 0 or more steps, got {self.warmup_steps!r}.")
         if not 0 <= self.decay_floor <= 1:
             raise ValueError(f"train.decay_floor is a fraction of lr: give a number from 0 to 1, got {self.decay_floor!r}.")
+        if self.stop_yardstick_margin is not None and not self.stop_yardstick_margin > 0:
+            raise ValueError(f"train.stop_yardstick_margin: expected a positive number of nats or null, got {self.stop_yardstick_margin!r}.")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"train.clip_grad_norm: expected a positive norm or null, got {self.clip_grad_norm!r}.")
         if not isinstance(self.irm, dict):
@@ -264,7 +267,7 @@ class TrainState:
     global_step: int = 0
     best_val: float = math.inf
     bad_checks: int = 0  # validation checks since the best one
-    stopped: str | None = None  # why training ended early: "early_stopping" or "max_steps"
+    stopped: str | None = None  # why training ended early: "early_stopping", "max_steps" or "yardstick" (stop_yardstick_margin)
     initial_val: float | None = None  # the validation loss before the first step
     yardstick_host: float | None = None  # the yardstick (irmlib.health) of the host without an IRM
     yardstick_start: float | None = None  # and with the IRM before the first step
@@ -340,6 +343,13 @@ def _measured(irm, measure: Callable[[], object]):
         value = measure()
     irm.train()
     return value
+
+
+def _damaged(state: "TrainState", margin: float | None) -> bool:
+    """Whether the yardstick has been more than `margin` nats above the host's at two tracked steps."""
+    if margin is None or state.yardstick_host is None:
+        return False
+    return sum(row.get("yardstick", -math.inf) > state.yardstick_host + margin for row in state.tracking) >= 2
 
 
 def _tracked(tracker: Callable[[IRM], dict] | None, yardstick: Callable[[], float] | None, irm, bare_irm: IRM, step: int) -> dict:
@@ -481,7 +491,8 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                     if tracking and state.global_step % config.track_every == 0:
                         state.tracking.append(_tracked(tracker, yardstick, irm, bare_irm, state.global_step))
                     at_max = config.max_steps is not None and state.global_step >= config.max_steps
-                    if state.step_in_epoch in check_steps or at_max:
+                    damaged = _damaged(state, config.stop_yardstick_margin)
+                    if state.step_in_epoch in check_steps or at_max or damaged:
                         val_loss = _validation_loss(host, irm, val_loader, accelerator, objective, precision)
                         state.history[-1]["val_loss"] = val_loss
                         if val_loss < state.best_val:
@@ -493,6 +504,8 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                             state.bad_checks += 1
                             if state.bad_checks >= config.patience:
                                 state.stopped = "early_stopping"
+                    if damaged and state.stopped is None:
+                        state.stopped = "yardstick"
                     if at_max and state.stopped is None:
                         state.stopped = "max_steps"
                     if state.stopped is not None:

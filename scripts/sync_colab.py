@@ -45,6 +45,7 @@ CPU_COST = {
     "04_vertical_continuity": "capturing on the CPU takes roughly 5 minutes (an estimate), plus 02's training where its IRMs are missing",
     "05_lm_head_probing": "this notebook retrains IRMs and takes several hours on the CPU (an estimate)",
     "06_mechanism": "this notebook trains 7 IRMs beyond 02's and takes several hours on the CPU (an estimate)",
+    "07_regime": "this notebook trains 13 IRMs, one of 1,000 steps, and takes several hours on the CPU (an estimate)",
 }
 CPU_COST_UNKNOWN = "this notebook was not timed without a GPU; expect hours where it trains IRMs"
 

@@ -129,7 +129,7 @@ def judge(background):
 
 
 JUDGE_CACHE = "judge cache"
-JUDGE_NOTEBOOKS = ("01_data", "03_sample_generations", "05_lm_head_probing", "06_mechanism")
+JUDGE_NOTEBOOKS = ("01_data", "03_sample_generations", "05_lm_head_probing", "06_mechanism", "07_regime")
 
 
 def start_judge_cache(background: "Background") -> None:

@@ -116,3 +116,21 @@ def test_a_run_records_the_yardstick_and_the_gradient_norm(tmp_path):
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert (history.grad_norm > 0).all() and len(history) == 6
     assert json.loads((tmp_path / "run" / "done.json").read_text())["yardstick_end"] == summary["yardstick_end"]
+
+
+def test_a_run_stops_once_the_yardstick_is_far_above_the_hosts_twice(tmp_path):
+    from irmlib.host import Host
+    from conftest import tiny_model
+
+    host = Host.from_model(tiny_model("llama"), name="tiny-llama")
+    probe_batch = make_collate(0)(tiny_rows(4, 2))
+    # With torch's default init the IRM puts the tiny random host's yardstick about 0.03 nats above its own
+    # from the start: with a margin under that, the first two tracked steps are above it and the run stops at step 1.
+    summary = run(str(tmp_path / "run"), epochs=3, host=host, yardstick=probe_batch, track_every=1, init="torch",
+                  stop_yardstick_margin=0.02)
+    tracking = pd.read_csv(tmp_path / "run" / "tracking.csv")
+    above = tracking.yardstick > summary["yardstick_host"] + 0.02
+    assert summary["stopped"] == "yardstick" and above.tolist() == [True, True] and summary["steps"] == 1
+    assert summary["last_val_loss"] is not None  # a stopped run is validated where it stopped
+    calm = run(str(tmp_path / "calm"), epochs=1, host=host, yardstick=probe_batch, track_every=1, stop_yardstick_margin=100.0)
+    assert calm["stopped"] == "epochs" and calm["steps"] == 6

@@ -17,7 +17,8 @@ from irmlib.objective import make_paper_collate
 from irmlib.profile import load_profile
 from irmlib.residual import norm_gains
 from irmlib.studies.mechanism import (arm_profiles, arm_runs, arm_summary, arm_tone, arm_variant, curve_verdict, frequency_alignment,
-                                      gradient_sign_consistency, index_profile, predictions, token_counts, tone_table)
+                                      gradient_sign_consistency, index_profile, predictions, token_counts)
+from irmlib.scoring import tone_table
 from train_tiny import tiny_rows
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import JUDGE_CACHE, JUDGE_NOTEBOOKS, SMOKE_TRAINING, copy_of_repository, copy_smoke_runs, start_judge_cache, start_smoke_training
-from irmlib.pipeline import NOTEBOOKS
+from irmlib.profile import NOTEBOOKS, STUDY_NOTEBOOKS
 
 BACKGROUND_ORDER = 2  # after the paper profile's dry run, the longest job
-TRAIN_THEIR_OWN = ("01_data", "02_train_irm")  # 01 trains nothing; 02 is the notebook that trains
-LONGEST_FIRST = ("05_lm_head_probing", "06_mechanism", "03_sample_generations", "01_data", "02_train_irm", "04_vertical_continuity")
+TRAIN_THEIR_OWN = ("01_data", "02_train_irm", "07_regime")  # 01 trains nothing; 02 trains 02's runs, 07 its cells
+LONGEST_FIRST = ("05_lm_head_probing", "06_mechanism", "07_regime", "03_sample_generations", "01_data", "02_train_irm",
+                 "04_vertical_continuity")
+ALL_NOTEBOOKS = NOTEBOOKS + STUDY_NOTEBOOKS
 
 
 def run_alone(background, name: str, copy: Path, training_root: Path | None) -> dict:
@@ -51,12 +53,12 @@ def start_background(background, items, tmp_path_factory) -> None:
 
 
 def test_the_notebooks_are_split_into_those_that_train_and_those_that_read_02s_runs():
-    assert set(LONGEST_FIRST) == set(NOTEBOOKS) and set(TRAIN_THEIR_OWN) < set(NOTEBOOKS)
+    assert set(LONGEST_FIRST) == set(ALL_NOTEBOOKS) and set(TRAIN_THEIR_OWN) < set(ALL_NOTEBOOKS)
 
 
 @pytest.mark.slow
 @pytest.mark.background
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_notebook_runs_alone_from_a_clean_copy(name, background):
     job = background.result(("alone", name))
     result, copy = job["result"], job["copy"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import JUDGE_CACHE, copy_of_repository, start_judge_cache
-from irmlib.pipeline import NOTEBOOKS
+from irmlib.profile import NOTEBOOKS
 from irmlib.plan import KNOWN_HOSTS
 
 LLAMA2 = KNOWN_HOSTS["meta-llama/Llama-2-7b-chat-hf"]

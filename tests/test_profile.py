@@ -26,7 +26,7 @@ def test_paper_profiles_train_as_the_papers_code_and_with_the_fixed_objective():
 
 
 def test_unknown_profile_names_the_available_ones():
-    with pytest.raises(ProfileError, match="Unknown profile 'laptop'. Available profiles: colab, cpu, paper, paper_fixed, smoke"):
+    with pytest.raises(ProfileError, match="Unknown profile 'laptop'. Available profiles: colab, cpu, paper, paper_fixed, regime, smoke"):
         load_profile("laptop")
 
 

@@ -32,7 +32,7 @@ def tiny_rows(n: int, seed: int) -> list[dict]:
 
 
 def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0.0, seed: int = 7, checkpoint_every: int = 2,
-        host: Host | None = None, yardstick: dict | None = None, init: str = "paper", **train) -> dict:
+        host: Host | None = None, yardstick: dict | None = None, init: str = "paper", lr: float = 1e-3, **train) -> dict:
     """Train (or resume) the tiny IRM in `run_dir`; `host` defaults to a fresh tiny random llama;
     `yardstick`: a probe batch (train_irm); `train`: other TrainConfig fields (a schedule, clipping)."""
     host = host or Host.from_model(tiny_model("llama"), name="tiny-llama")
@@ -41,7 +41,7 @@ def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0
         def collate(rows, _inner=make_collate(0)):
             time.sleep(slow)
             return _inner(rows)
-    config = TrainConfig(epochs=epochs, batch_size=4, lr=1e-3, seed=seed, max_steps=steps, checkpoint_every=checkpoint_every,
+    config = TrainConfig(epochs=epochs, batch_size=4, lr=lr, seed=seed, max_steps=steps, checkpoint_every=checkpoint_every,
                          irm={"init": init}, **train)
     return train_irm(host, tiny_rows(24, 0), tiny_rows(8, 1), collate, config, run_dir, progress=False, yardstick=yardstick)
 

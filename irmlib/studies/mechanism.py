@@ -24,7 +24,7 @@ from ..profile import with_overrides
 from ..health import Probe
 from ..profile_runs import run_health, train_config, train_for_profile
 from ..prompts import decode_tokens
-from ..scoring import generation_table, mean_ci, score_generations, target_change, text_quality
+from ..scoring import tone_table
 from ..train import read_tracking
 from ..striation import (index_importance, magnitude_matrix, rank_of, shared_dominant_index, signed_matrix,
                          striation_metrics, top_k_agreement)
@@ -236,28 +236,6 @@ def curve_verdict(tracking: pd.DataFrame, column: str = "index_share", window: i
     flat = bool(moves) and float(np.mean(moves)) < tolerance
     return {"curve": "had flattened" if flat else "was still moving", "last_step": int(tracking.step.max()),
             f"{column}_final_move": float(np.mean(moves)) if moves else float("nan")}
-
-
-def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questions: list[str], prompt_format: str,
-               max_new_tokens: int, min_scored: int) -> pd.DataFrame:
-    """Greedy generations of the base host and each IRM, scored for one target emotion: one row per
-    model ("base", then `irms`' names) with p_target (mean, 95% interval over scored texts), the
-    paired change against the base on the same prompts with its own 95% interval and verdict
-    ("not tested" under `min_scored` scored texts), the number of scored texts, median perplexity,
-    mean distinct-2 and `text` (`text_quality` of the gate labels: fluent or degenerate); `scored`
-    counts the prompts where both the model's and the base's texts are scored."""
-    table = generation_table(host, {"base": None, **irms}, questions, prompt_format, max_new_tokens, modes=("greedy",))
-    scored = score_generations(host, judge, table, prompt_format)
-    base = scored[scored.model == "base"]
-    rows = {}
-    for model, group in scored.groupby("model", sort=False):
-        mean, low, high = mean_ci(group[f"p_{emotion}"])
-        change = target_change(group, base, emotion, min_scored)
-        rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, **change,
-                       "verdict": "base" if model == "base" else change["verdict"],
-                       "median_perplexity": float(group.perplexity.median()), "distinct_2": float(group.distinct_2.mean()),
-                       "text": text_quality(group.gate, judge.rules)}
-    return pd.DataFrame(rows).T
 
 
 def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int,
