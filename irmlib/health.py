@@ -65,10 +65,8 @@ def not_first_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def make_probe(host: Host, questions: list[str], answers: list[str], max_length: int, input_layer: int = 0) -> Probe:
     """The probe of `questions` and `answers` (plain question + answer + EOS, every token scored)."""
-    tokenizer = host.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = tokenize(tokenizer, questions, answers, max_length, "plain", "all")
-    batch = make_collate(pad)([rows[i] for i in range(len(rows))])
+    rows = tokenize(host.tokenizer, questions, answers, max_length, "plain", "all")
+    batch = make_collate(host.tokenizer.pad_token_id)([rows[i] for i in range(len(rows))])
     not_first = not_first_tokens(batch["attention_mask"])
     states = host_hidden_states(host, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     host_rms = states[not_first].double().pow(2).mean(dim=(0, 2)).sqrt().numpy()
@@ -107,8 +105,7 @@ def flag_label(flags: dict) -> str:
     """"ok", or the flags a run carries ("unstable", "host damaged", both), or "not measured"."""
     if flags["unstable"] is None and flags["host_damaged"] is None:
         return "not measured"
-    raised = [name for name, key in (("unstable", "unstable"), ("host damaged", "host_damaged")) if flags[key]]
-    return ", ".join(raised) or "ok"
+    return ", ".join(key.replace("_", " ") for key in ("unstable", "host_damaged") if flags[key]) or "ok"
 
 
 def index_settled(tracking: pd.DataFrame, window: float) -> dict:

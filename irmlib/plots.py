@@ -243,13 +243,13 @@ def ablation_bars(ablation) -> plt.Figure:
 
 
 def regime_scatter(table) -> plt.Figure:
-    """Notebook 07's map in two panels: each cell's index share against its yardstick's change
+    """Notebook 07's map in two panels: each cell's index share against its yardstick's rise
     (end minus the host's, nats) and against its peak output RMS ratio (log scale); the colour is
     the arm, the marker whether the cell was flagged, and each point is labelled with its rate and
-    schedule. table: one row per cell with arm, lr, schedule, flag, index_share, yardstick_change,
+    schedule. table: one row per cell with arm, lr, schedule, flag, index_share, yardstick_rise,
     peak_output_rms_ratio."""
     data = table.reset_index().assign(evidence=lambda t: np.where(t.flag == "ok", "unflagged", "flagged"))
-    panels = [("yardstick_change", "yardstick change: end - host (nats)"), ("peak_output_rms_ratio", "peak IRM output RMS / host residual RMS")]
+    panels = [("yardstick_rise", "yardstick rise: end - host (nats)"), ("peak_output_rms_ratio", "peak IRM output RMS / host residual RMS")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (column, label) in zip(axes, panels):
         sns.scatterplot(data=data, x=column, y="index_share", hue="arm", style="evidence", style_order=["unflagged", "flagged"],

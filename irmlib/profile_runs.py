@@ -17,8 +17,8 @@ from accelerate import PartialState
 
 from . import runs
 from .data import DataError, as_datasets, profile_rows, rewrite_of
-from .health import Probe, flag_label, index_settled, make_probe, run_flags
 from .environment import release_freed_memory
+from .health import Probe, flag_label, index_settled, make_probe, run_flags
 from .host import Host, load_host
 from .irm import IRM, load_irm
 from .objective import make_paper_collate
@@ -84,13 +84,16 @@ def run_health(run_dir, analysis) -> dict:
     objective's, not comparable across objectives), both flags and what decided them, the peak
     output RMS ratio, whether the dominant index settled, and `flag` ("ok", or the flags)."""
     summary, history, tracking = read_done(run_dir), read_history(run_dir), read_tracking(run_dir)
-    if summary.get("last_val_loss") is None and history.val_loss.notna().any():
-        summary = {**summary, "last_val_loss": float(history.val_loss.dropna().iloc[-1])}
     flags = run_flags(summary, history, analysis)
     peak = float(tracking.output_rms_ratio.max()) if "output_rms_ratio" in tracking else None
     return {**{key: summary.get(key) for key in ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss",
                                                  "best_val_loss", "last_val_loss")},
             **flags, "peak_output_rms_ratio": peak, **index_settled(tracking, analysis.settled_window), "flag": flag_label(flags)}
+
+
+# The part of run_health that notebooks 02 and 06 show beside each run.
+HEALTH_COLUMNS = ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss", "last_val_loss", "unstable",
+                  "host_damaged", "peak_output_rms_ratio", "final_index", "settled", "flag")
 
 
 def train_profile_runs(host: Host, profile, rows: list[dict], progress: bool = False) -> dict[str, dict]:

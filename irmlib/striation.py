@@ -163,9 +163,13 @@ class StriationTracker:
         self.inputs, self.k, self.not_first, self.host_rms = inputs, k, not_first, host_rms
 
     @torch.inference_mode()
-    def __call__(self, irm: IRM) -> dict:
+    def outputs(self, irm: IRM) -> torch.Tensor:
+        """The IRM's output on the probe inputs: [tokens, injected_layers, hidden] (float32, CPU)."""
         param = next(irm.parameters())
-        outputs = irm(self.inputs.to(param.device, param.dtype)).float().cpu()
+        return irm(self.inputs.to(param.device, param.dtype)).float().cpu()
+
+    def __call__(self, irm: IRM) -> dict:
+        outputs = self.outputs(irm)
         metrics = striation_metrics(magnitude_matrix(outputs), self.k)
         top = metrics.pop(f"top{self.k}")
         row = {**metrics, f"top{self.k}": " ".join(map(str, top)), "mean_abs": float(outputs.abs().mean())}

@@ -518,14 +518,17 @@ def _train_holding_the_lock(host: Host, train_set, val_set, collate, config: Tra
                 if main:
                     _checkpoint(run_dir, bare_irm, optimizer, scheduler, state, host, meta)
                 accelerator.wait_for_everyone()
-        yardstick_end = _measured(irm, yardstick) if yardstick is not None else None
+        # The last step is often a tracked one: its yardstick is the end's, measured already.
+        last = state.tracking[-1] if state.tracking else {}
+        ended_tracked = last.get("step") == state.global_step and "yardstick" in last
+        yardstick_end = last["yardstick"] if ended_tracked else _measured(irm, yardstick) if yardstick is not None else None
     finally:
         injection.remove()
 
     history = state.history
-    checks = [r["val_loss"] for r in history if r["val_loss"] != ""]
+    val_losses = [r["val_loss"] for r in history if r["val_loss"] != ""]
     summary = {"precision": precision.name, "steps": state.global_step, "epochs": round(state.global_step / steps_per_epoch, 2),
-               "initial_val_loss": state.initial_val, "best_val_loss": state.best_val, "last_val_loss": checks[-1] if checks else None,
+               "initial_val_loss": state.initial_val, "best_val_loss": state.best_val, "last_val_loss": val_losses[-1] if val_losses else None,
                "stopped": state.stopped or "epochs", "first_train_loss": history[0]["lm_loss"], "last_train_loss": history[-1]["lm_loss"],
                "seconds_per_step": sum(r["seconds"] for r in history) / len(history)}
     if yardstick is not None:

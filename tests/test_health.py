@@ -15,7 +15,7 @@ from train_tiny import run, tiny_rows
 
 from irmlib.health import index_settled, make_probe, not_first_tokens, run_flags, yardstick_loss
 from irmlib.inject import inject
-from irmlib.irm import IRM, IRMConfig
+from irmlib.irm import IRM, IRMConfig, load_irm
 from irmlib.profile import AnalysisConfig
 from irmlib.prompts import make_collate
 from irmlib.residual import host_hidden_states
@@ -109,13 +109,18 @@ def test_a_run_records_the_yardstick_and_the_gradient_norm(tmp_path):
     # A zero-init IRM writes nothing: before the first step the host is untouched.
     assert summary["yardstick_host"] == pytest.approx(host_value) and summary["yardstick_start"] == pytest.approx(host_value)
     assert summary["yardstick_end"] != pytest.approx(host_value) and math.isfinite(summary["yardstick_end"])
-    assert summary["last_val_loss"] == summary["best_val_loss"] or summary["last_val_loss"] > summary["best_val_loss"]
     tracking = pd.read_csv(tmp_path / "run" / "tracking.csv")
     assert tracking.step.tolist() == [0, 2, 4, 6] and tracking.yardstick.iloc[0] == pytest.approx(host_value)
     assert tracking.yardstick.iloc[-1] == pytest.approx(summary["yardstick_end"])  # the last step is tracked: the same IRM
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert (history.grad_norm > 0).all() and len(history) == 6
+    assert summary["last_val_loss"] == pytest.approx(history.val_loss.dropna().iloc[-1])  # the last check, not the best
     assert json.loads((tmp_path / "run" / "done.json").read_text())["yardstick_end"] == summary["yardstick_end"]
+    # The last step untracked (6 steps, tracked every 4): the end is measured on the last IRM itself.
+    untracked_end = run(str(tmp_path / "every4"), epochs=1, host=host, yardstick=probe_batch, track_every=4, init="zero")
+    assert pd.read_csv(tmp_path / "every4" / "tracking.csv").step.tolist() == [0, 4]
+    with inject(host, load_irm(tmp_path / "every4" / "last", host)), torch.inference_mode():
+        assert untracked_end["yardstick_end"] == pytest.approx(yardstick_loss(host, probe_batch), rel=1e-5)
 
 
 def test_a_run_stops_once_the_yardstick_is_far_above_the_hosts_twice(tmp_path):

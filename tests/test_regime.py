@@ -92,6 +92,9 @@ def test_the_claims_read_only_unflagged_cells():
     assert by_number(regime.claims(table.assign(text="degenerate"), long, ratio=2.0))["4"] == NOT_HELD
 
 
-def test_cell_values_go_to_json_as_plain_numbers():
-    assert regime.to_metrics(np.float64(1.5)) == 1.5 and type(regime.to_metrics(np.int64(3))) is int
-    assert regime.to_metrics(float("nan")) is None and regime.to_metrics("ok") == "ok"
+
+def test_table_values_go_to_metrics_as_plain_numbers():
+    from irmlib.metrics import json_value
+
+    assert json_value(np.float64(1.5)) == 1.5 and type(json_value(np.int64(3))) is int and type(json_value(np.bool_(True))) is bool
+    assert json_value("ok") == "ok" and json_value(None) is None

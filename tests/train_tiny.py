@@ -36,11 +36,13 @@ def run(run_dir: str, steps: int | None = None, epochs: int = 2, slow: float = 0
     """Train (or resume) the tiny IRM in `run_dir`; `host` defaults to a fresh tiny random llama;
     `yardstick`: a probe batch (train_irm); `train`: other TrainConfig fields (a schedule, clipping)."""
     host = host or Host.from_model(tiny_model("llama"), name="tiny-llama")
-    collate = make_collate(0)
-    if slow:
-        def collate(rows, _inner=make_collate(0)):
-            time.sleep(slow)
-            return _inner(rows)
+    plain = make_collate(0)
+
+    def slowed(rows):
+        time.sleep(slow)
+        return plain(rows)
+
+    collate = slowed if slow else plain
     config = TrainConfig(epochs=epochs, batch_size=4, lr=lr, seed=seed, max_steps=steps, checkpoint_every=checkpoint_every,
                          irm={"init": init}, **train)
     return train_irm(host, tiny_rows(24, 0), tiny_rows(8, 1), collate, config, run_dir, progress=False, yardstick=yardstick)

@@ -15,14 +15,14 @@ from scipy.stats import binom
 
 from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
+from ..health import Probe
 from ..host import Host
 from ..inject import Injection
 from ..irm import IRM, load_irm
 from ..judge import EmotionJudge
 from ..objective import lm_loss
 from ..profile import with_overrides
-from ..health import Probe
-from ..profile_runs import run_health, train_config, train_for_profile
+from ..profile_runs import HEALTH_COLUMNS, run_health, train_config, train_for_profile
 from ..prompts import decode_tokens
 from ..scoring import tone_table
 from ..train import read_tracking
@@ -170,21 +170,13 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
     summary = train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, probe=probe)
     directory = runs.run_dir(profile, emotion, seed, variant)
     checkpoint = runs.read_checkpoint(profile, emotion, seed, variant)
-    irm = load_irm(checkpoint, host, device=host.device).eval()
-    with torch.inference_mode():
-        outputs = irm(probe.irm_inputs.to(host.device, next(irm.parameters()).dtype)).float().cpu()
+    outputs = probe.tracker().outputs(load_irm(checkpoint, host, device=host.device).eval())
     matrix = magnitude_matrix(outputs)
     metrics = striation_metrics(matrix, profile.analysis.top_k)
     health = run_health(directory, profile.analysis)
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
-            **{k: summary[k] for k in ("steps", "initial_val_loss", "best_val_loss")},
-            **{k: health[k] for k in RUN_HEALTH}, **metrics,
+            **{k: summary[k] for k in ("steps", "best_val_loss")}, **{k: health[k] for k in HEALTH_COLUMNS}, **metrics,
             "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint}
-
-
-# The health of a run (irmlib.profile_runs.run_health) that notebook 06 shows beside its striations.
-RUN_HEALTH = ("yardstick_host", "yardstick_start", "yardstick_end", "last_val_loss", "unstable", "host_damaged",
-              "peak_output_rms_ratio", "settled", "flag")
 
 
 def evidence(results: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -238,7 +230,7 @@ def curve_verdict(tracking: pd.DataFrame, column: str = "index_share", window: i
             f"{column}_final_move": float(np.mean(moves)) if moves else float("nan")}
 
 
-def arm_tone(host: Host, judge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int,
+def arm_tone(host: Host, judge: EmotionJudge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int,
              min_scored: int) -> pd.DataFrame:
     """The tone of each arm's IRM (tone_table), each arm prompted as it was trained:
     arms that share a prompt format share one base-host row, "base (<format>)", and each arm's

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from .. import runs
@@ -118,8 +117,7 @@ def run_cell(host: Host, profile: Profile, cell: Cell, rows: list[dict], probe: 
     shares = {"index_share": float(last.index_share), "layer_share": float(last.layer_share)}
     return {"cell": cell.name, "arm": cell.arm, "lr": cell.lr, "schedule": cell.schedule, "steps": summary["steps"],
             "stopped": summary["stopped"], **health, **shares, "dominant_index": int(last.dominant_index),
-            "striated": is_striated(shares, profile.analysis.striated_share_ratio),
-            "yardstick_change": health["yardstick_end"] - health["yardstick_host"], "tracking": tracking}
+            "striated": is_striated(shares, profile.analysis.striated_share_ratio), "tracking": tracking}
 
 
 def cell_tone(host: Host, judge: EmotionJudge, profile: Profile, cell: Cell, questions: list[str]) -> dict:
@@ -200,9 +198,3 @@ def curves(results: list[dict]) -> pd.DataFrame:
     """Every cell's tracked rows in one long table (step, cell as `run`, arm, flag, the metrics)."""
     return pd.concat([r["tracking"].assign(run=r["cell"], arm=r["arm"], flag=r["flag"]) for r in results], ignore_index=True)
 
-
-def to_metrics(value):
-    """A table value as JSON keeps it: numpy scalars as Python numbers, NaN as None."""
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    return None if isinstance(value, float) and np.isnan(value) else value

@@ -12,7 +12,7 @@ from ..claims import Claim, verdict
 from ..host import Host
 from ..precision import choose_precision
 from ..profile import with_overrides
-from ..profile_runs import run_health, run_probe, train_for_profile
+from ..profile_runs import HEALTH_COLUMNS, run_health, run_probe, train_for_profile
 from ..train import read_tracking
 
 
@@ -53,10 +53,6 @@ def precision_check(host: Host, profile, rows: list[dict], run_names: tuple[str,
                        "dominant_index": last_dominant(runs.run_dir(profile, emotion, seed)),
                        "dominant_index float32": last_dominant(runs.run_dir(profile, emotion, seed, "float32"))}
     return pd.DataFrame(table).T
-
-
-HEALTH_COLUMNS = ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss", "last_val_loss", "unstable",
-                  "host_damaged", "peak_output_rms_ratio", "final_index", "settled", "flag")
 
 
 def health_table(profile, run_names) -> pd.DataFrame:
