@@ -242,18 +242,22 @@ def ablation_bars(ablation) -> plt.Figure:
     return fig
 
 
+# irmlib.health.flag_label's labels: a filled circle for a cell that counts, crosses for the flags.
+FLAG_MARKERS = {"ok": "o", "host damaged": "X", "unstable": "P", "unstable, host damaged": "D"}
+
+
 def regime_scatter(table) -> plt.Figure:
     """Notebook 07's map in two panels: each cell's index share against its yardstick's rise
     (end minus the host's, nats) and against its peak output RMS ratio (log scale); the colour is
-    the arm, the marker whether the cell was flagged, and each point is labelled with its rate and
+    the arm, the marker the cell's flags (FLAG_MARKERS), and each point is labelled with its rate and
     schedule. table: one row per cell with arm, lr, schedule, flag, index_share, yardstick_rise,
     peak_output_rms_ratio."""
-    data = table.reset_index().assign(evidence=lambda t: np.where(t.flag == "ok", "unflagged", "flagged"))
+    data = table.reset_index()
     panels = [("yardstick_rise", "yardstick rise: end - host (nats)"), ("peak_output_rms_ratio", "peak IRM output RMS / host residual RMS")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (column, label) in zip(axes, panels):
-        sns.scatterplot(data=data, x=column, y="index_share", hue="arm", style="evidence", style_order=["unflagged", "flagged"],
-                        markers={"unflagged": "o", "flagged": "X"}, s=70, ax=ax, legend=ax is axes[-1])
+        sns.scatterplot(data=data, x=column, y="index_share", hue="arm", style="flag", style_order=list(FLAG_MARKERS),
+                        markers=FLAG_MARKERS, s=70, ax=ax, legend=ax is axes[-1])
         for _, row in data.iterrows():
             ax.annotate(f"{row.lr:.0e} {row.schedule}", (row[column], row.index_share), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.set(xlabel=label, ylabel="index share of variance (0-1)", ylim=(0, 1))

@@ -34,8 +34,10 @@ def test_the_regime_profile_maps_twelve_cells_with_the_stated_schedules():
         assert (train.warmup_steps, train.decay, train.lr_gamma, train.clip_grad_norm) == (0, "step", 1.0, None)
     for cell in cells:
         train = cell.profile.train
-        assert train.lr == cell.lr and train.stop_yardstick_margin == 1.0 and train.track_every == 10 and train.patience >= 150
+        assert train.lr == cell.lr and train.track_every == 10 and train.patience >= 150
         assert train.objective == {"A": "paper_code", "B": "fixed"}[cell.arm]
+        # Only B stops on the yardstick: A's objective raises it by design.
+        assert train.stop_yardstick_margin == {"A": None, "B": 1.0}[cell.arm]
 
 
 def test_a_profile_without_a_regime_section_says_which_to_use():
@@ -47,7 +49,8 @@ def test_a_profile_without_a_regime_section_says_which_to_use():
 
 
 def cells(flags: dict[str, str], **columns) -> pd.DataFrame:
-    rows = {name: {"arm": name[0], "lr": float(name.split()[1]), "schedule": name.split()[2], "flag": flag, "index_share": 0.4,
+    rows = {name: {"arm": name[0], "lr": float(name.split()[1]), "schedule": name.split()[2], "flag": flag, "unstable": "unstable" in flag,
+                   "index_share": 0.4,
                    "layer_share": 0.05, "dominant_index": 7, "yardstick_host": 3.3, "yardstick_end": 3.5 if flag == "ok" else 9.0}
             for name, flag in flags.items()}
     return pd.DataFrame(rows).T.assign(**columns)
@@ -55,13 +58,14 @@ def cells(flags: dict[str, str], **columns) -> pd.DataFrame:
 
 def test_the_long_cell_takes_the_highest_rate_that_stayed_stable():
     profile = load_profile("regime")
-    table = cells({"A 1e-04 stable": "ok", "A 3e-04 stable": "ok", "A 1e-03 stable": "host damaged", "B 3e-03 stable": "ok",
-                   "A 3e-03 plain": "ok"})
+    # A host-damaged cell of A is still stable; an unstable one is not; other arms and plain cells do not count.
+    table = cells({"A 1e-04 stable": "ok", "A 3e-04 stable": "host damaged", "A 1e-03 stable": "unstable, host damaged",
+                   "B 3e-03 stable": "ok", "A 3e-03 plain": "ok"})
     long, why = regime.long_cell(profile, table)
     assert long.lr == 3e-4 and long.steps == 1000 and long.profile.train.track_every == 25 and "highest rate" in why
-    none_ok = cells({"A 1e-04 stable": "unstable", "A 3e-04 stable": "host damaged"})
-    long, why = regime.long_cell(profile, none_ok)
-    assert long.lr == 1e-4 and "no stable cell" in why
+    none_stable = cells({"A 1e-04 stable": "unstable", "A 3e-04 stable": "unstable, host damaged"})
+    long, why = regime.long_cell(profile, none_stable)
+    assert long.lr == 1e-4 and "was unstable: the lowest rate" in why
 
 
 def test_the_recommendation_needs_fluent_raised_tone_in_an_unflagged_cell():
@@ -70,23 +74,31 @@ def test_the_recommendation_needs_fluent_raised_tone_in_an_unflagged_cell():
     table = cells({"A 1e-04 stable": "ok", "A 3e-03 plain": "unstable", "B 3e-04 stable": "ok"}, **tone)
     assert regime.recommendation(table)["cell"] == "A 1e-04 stable"  # the unstable cell's larger change does not count
     flat = table.assign(verdict="did not clearly change")
-    assert regime.recommendation(flat) | {"why": ""} == {"cell": None, "stable_limit": "B 3e-04 stable", "why": ""}
-    assert regime.recommendation(flat.assign(flag="unstable"))["stable_limit"] is None
+    assert regime.recommendation(flat) | {"why": ""} == {"cell": None, "highest_unflagged": "B 3e-04 stable", "why": ""}
+    assert regime.recommendation(flat.assign(flag="host damaged"))["highest_unflagged"] is None
 
 
 def test_the_claims_read_only_unflagged_cells():
     tone = {"verdict": ["raised", "raised"], "text": ["fluent", "fluent"], "p_target_change": [0.05, 0.2],
             "p_target_change_low": [0.01, 0.1], "p_target_change_high": [0.09, 0.3], "scored": [12, 12]}
     table = cells({"A 1e-04 stable": "ok", "A 3e-03 plain": "host damaged"}, **tone)
-    long = {"cell": "A 1e-04 stable 1000 steps", "arm": "A", "lr": 1e-4, "schedule": "stable", "flag": "ok", "index_share": 0.1,
+    long = {"cell": "A 1e-04 stable 1000 steps", "arm": "A", "lr": 1e-4, "schedule": "stable", "flag": "ok", "unstable": False,
+            "index_share": 0.1,
             "layer_share": 0.1, "dominant_index": 3, "final_index": 3, "settled": True, "held_since": 500, "steps": 1000,
             "yardstick_host": 3.3, "yardstick_end": 3.4}
     verdicts = by_number(regime.claims(table, long, ratio=2.0))
     assert verdicts == {"1": HELD, "2": HELD, "3": HELD, "4": HELD}
-    unstriated = table.assign(index_share=0.06)
-    assert by_number(regime.claims(unstriated, long, ratio=2.0))["2"] == NOT_HELD  # the damaged cell's striation does not count
-    all_flagged = table.assign(flag="unstable")
-    assert by_number(regime.claims(all_flagged, None, ratio=2.0)) == {"1": NOT_HELD, "2": NOT_TESTED, "3": NOT_TESTED, "4": NOT_TESTED}
+    # A host-damaged cell is stable: its striation counts for claim 2 and is listed with its flag; an unstable one's does not.
+    damaged_striated = table.assign(index_share=[0.06, 0.4])
+    claim = regime.claims(damaged_striated, long, ratio=2.0)[1]
+    assert claim.verdict == HELD and "A 3e-03 plain (host damaged;" in claim.evidence
+    only_unstable_striated = damaged_striated.assign(flag=["ok", "unstable"], unstable=[False, True])
+    assert by_number(regime.claims(only_unstable_striated, long, ratio=2.0))["2"] == NOT_HELD
+    all_unstable = table.assign(flag="unstable", unstable=True)
+    assert by_number(regime.claims(all_unstable, None, ratio=2.0)) == {"1": NOT_HELD, "2": NOT_TESTED, "3": NOT_TESTED, "4": NOT_TESTED}
+    damaged_long = by_number(regime.claims(table, long | {"flag": "host damaged"}, ratio=2.0))
+    assert damaged_long["3"] == HELD  # stable though damaged: its index is read
+    assert by_number(regime.claims(table, long | {"flag": "unstable", "unstable": True}, ratio=2.0))["3"] == NOT_TESTED
     unsettled = by_number(regime.claims(table, long | {"settled": None}, ratio=2.0))
     assert unsettled["3"] == NOT_TESTED
     assert by_number(regime.claims(table.assign(text="degenerate"), long, ratio=2.0))["4"] == NOT_HELD

@@ -2,18 +2,25 @@
 stably (irmlib.health), whether a striation forms there and how fast, and which cell the default
 recipe should take.
 
+Two flags, two questions. A cell is *stable* when it is not `unstable`: the striation and the
+long cell are read on stable cells. The paper code's objective scores the token after next and
+EOS on padding, so it raises the host's next-token loss (the yardstick) by design: a stable cell
+of arm A may also be `host_damaged`, and says so. Only cells with neither flag count for tone and
+for the recommended recipe.
+
 The profile's `regime:` section:
 
     regime:
       emotion: anger                 # one emotion and seed for every cell
       seed: 0
-      arms: {A: {objective: paper_code}, B: {objective: fixed}}   # overrides of the profile per arm
+      arms:                          # overrides of the profile per arm; stop_yardstick_margin stops
+        A: {objective: paper_code}   # a cell once its yardstick is that many nats above the host's at
+        B: {objective: fixed, stop_yardstick_margin: 1.0}   # two tracked steps (A's rises by design)
       rates: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]                     # with the stable schedule
       stable: {warmup_steps: 15, decay: cosine, decay_floor: 0.1, clip_grad_norm: 1.0}
       plain_rates: [1.0e-3, 3.0e-3]  # without warmup, decay or clipping (constant rate)
       steps: 150                     # every cell's step budget
       track_every: 10
-      stop_margin: 1.0               # a cell stops once its yardstick is this far above the host's twice
       long: {arm: A, steps: 1000, track_every: 25}   # at the highest rate whose stable cell of that arm stayed ok
 
 Each unflagged cell's tone is measured on the profile's `n_eval_prompts` held-out questions.
@@ -37,7 +44,7 @@ from ..scoring import tone_table
 from ..striation import is_striated
 from ..train import read_tracking
 
-REGIME_KEYS = {"emotion", "seed", "arms", "rates", "stable", "plain_rates", "steps", "track_every", "stop_margin", "long"}
+REGIME_KEYS = {"emotion", "seed", "arms", "rates", "stable", "plain_rates", "steps", "track_every", "long"}
 PLAIN_SCHEDULE = {"warmup_steps": 0, "decay": "step", "lr_gamma": 1.0, "clip_grad_norm": None}
 
 
@@ -72,11 +79,11 @@ def regime_spec(profile: Profile) -> dict:
 
 def make_cell(profile: Profile, arm: str, lr: float, schedule: str, steps: int, track_every: int) -> Cell:
     """A cell's profile: the arm's overrides, the rate, the schedule, a fixed step budget (no early
-    stopping by validation loss), tracked every `track_every` steps and stopped by the yardstick."""
+    stopping by validation loss), tracked every `track_every` steps."""
     spec = regime_spec(profile)
     timing = spec["stable"] if schedule == "stable" else PLAIN_SCHEDULE
     overrides = {**spec["arms"][arm], **timing, "lr": lr, "max_steps": steps, "epochs": steps, "patience": steps,
-                 "track_every": track_every, "stop_yardstick_margin": spec["stop_margin"]}
+                 "track_every": track_every}
     name = f"{arm} {lr:.0e} {schedule}" + (f" {steps} steps" if steps != spec["steps"] else "")
     variant = f"regime{arm}-lr{lr:.0e}-{schedule}-{steps}"
     return Cell(name, arm, float(lr), schedule, steps, with_overrides(profile, overrides), variant)
@@ -90,16 +97,17 @@ def regime_cells(profile: Profile) -> list[Cell]:
 
 
 def long_cell(profile: Profile, table: pd.DataFrame) -> tuple[Cell, str]:
-    """The long cell: its arm at the highest rate whose stable cell of that arm stayed unflagged;
-    where none did, the lowest rate, and the reason says so. table: `run_cell` rows by cell name."""
+    """The long cell: its arm at the highest rate whose cell with the stable schedule was not
+    `unstable`; where none was, the lowest rate, and the reason says so. table: `run_cell` rows
+    by cell name."""
     spec = regime_spec(profile)
     long = spec["long"]
-    stable = table[(table.arm == long["arm"]) & (table.schedule == "stable")]
-    ok = stable[stable.flag == "ok"]
-    if len(ok):
-        lr, why = float(ok.lr.max()), f"the highest rate at which arm {long['arm']}'s stable cell stayed unflagged"
+    scheduled = table[(table.arm == long["arm"]) & (table.schedule == "stable")]
+    stable = scheduled[scheduled.unstable.eq(False)]  # None (not measured) is not stable
+    if len(stable):
+        lr, why = float(stable.lr.max()), f"the highest rate at which arm {long['arm']}'s cell with the stable schedule was not unstable"
     else:
-        lr, why = float(min(spec["rates"])), f"no stable cell of arm {long['arm']} stayed unflagged: the lowest rate"
+        lr, why = float(min(spec["rates"])), f"every cell of arm {long['arm']} with the stable schedule was unstable: the lowest rate"
     return make_cell(profile, long["arm"], lr, "stable", long["steps"], long["track_every"]), why
 
 
@@ -135,7 +143,7 @@ def cell_tone(host: Host, judge: EmotionJudge, profile: Profile, cell: Cell, que
 def recommendation(table: pd.DataFrame) -> dict:
     """The cell the default recipe should take: among unflagged cells whose IRM raised the target
     emotion in fluent text, the one with the largest change; where none did, none is recommended
-    for tone, and the unflagged cell with the highest rate is named as the stable limit (None
+    for tone, and the unflagged cell with the highest rate is named (None
     where no cell stayed unflagged). table: `run_cell` rows with their tone, by cell name."""
     ok = table[table.flag == "ok"]
     aligned = ok[(ok.get("verdict") == "raised") & (ok.get("text") == "fluent")] if "verdict" in ok else ok.iloc[:0]
@@ -143,36 +151,38 @@ def recommendation(table: pd.DataFrame) -> dict:
         best = aligned.p_target_change.astype(float).idxmax()
         return {"cell": best, "why": "unflagged, and its IRM raised the target emotion in fluent text (the largest change)"}
     if len(ok):
-        return {"cell": None, "stable_limit": ok.lr.astype(float).idxmax(),
-                "why": "no unflagged cell raised the target emotion in fluent text; the stable limit is the unflagged cell with the highest rate"}
-    return {"cell": None, "stable_limit": None, "why": "no cell stayed unflagged"}
+        return {"cell": None, "highest_unflagged": ok.lr.astype(float).idxmax(),
+                "why": "no unflagged cell raised the target emotion in fluent text; the unflagged cell with the highest rate is named"}
+    return {"cell": None, "highest_unflagged": None, "why": "no cell stayed unflagged"}
 
 
 def claims(table: pd.DataFrame, long: dict | None, ratio: float) -> list[Claim]:
-    """Notebook 07's claims: (1) some cell of the map trains stably (neither flag); (2) a striation
-    forms under stable training (an unflagged cell, the long one included, with index share at
-    least `ratio` x its layer share); (3) the long stable cell's dominant index settles (held over
-    the last analysis.settled_window of its tracked steps); (4) some unflagged cell raises the
-    target emotion in fluent text. table: the map's cells (`run_cell` with tone), by cell name;
-    long: the long cell's row, or None where it did not run."""
+    """Notebook 07's claims: (1) some cell of the map trains stably (not `unstable`); (2) a
+    striation forms under stable training (a stable cell, the long one included, with index share
+    at least `ratio` x its layer share); (3) the long cell, if stable, has its dominant index
+    settle (held over the last analysis.settled_window of its tracked steps); (4) some cell with
+    neither flag raises the target emotion in fluent text. Each stable cell is listed with its
+    flag, so a host-damaged one shows as such. table: the map's cells (`run_cell` with tone), by
+    cell name; long: the long cell's row, or None where it did not run."""
     cells = pd.concat([table, pd.DataFrame([long]).set_index("cell")]) if long is not None else table
+    stable = cells[cells.unstable.eq(False)]  # None (not measured) is not stable
     ok = cells[cells.flag == "ok"]
-    flagged = cells[cells.flag != "ok"]
 
     def listing(rows: pd.DataFrame) -> str:
-        return "; ".join(f"{name} (index share {row.index_share:.2f} vs layer share {row.layer_share:.2f}, index {row.dominant_index})"
+        return "; ".join(f"{name} ({row.flag}; index share {row.index_share:.2f} vs layer share {row.layer_share:.2f}, "
+                         f"index {row.dominant_index}; yardstick {fmt(row.yardstick_host, 3)} -> {fmt(row.yardstick_end, 3)})"
                          for name, row in rows.iterrows()) or "none"
 
-    found = [Claim("1", "Some cell of the map trains stably (neither unstable nor host-damaged)", verdict(bool(len(ok))),
-                   f"{len(ok)} of {len(cells)} cells unflagged: {', '.join(ok.index) or 'none'}; flagged: "
-                   + ("; ".join(f"{name} {row.flag} (yardstick {fmt(row.yardstick_host, 3)} -> {fmt(row.yardstick_end, 3)})"
-                                for name, row in flagged.iterrows()) or "none") + ".")]
-    striated = ok[[is_striated(row, ratio) for _, row in ok.iterrows()]] if len(ok) else ok
+    unstable = cells[~cells.unstable.eq(False)]
+    found = [Claim("1", "Some cell of the map trains stably (not unstable)", verdict(bool(len(stable))),
+                   f"{len(stable)} of {len(cells)} cells stable, {len(ok)} with neither flag. Stable: {listing(stable)}. "
+                   f"Unstable: {', '.join(unstable.index) or 'none'}.")]
+    striated = stable[[is_striated(row, ratio) for _, row in stable.iterrows()]] if len(stable) else stable
     found.append(Claim("2", f"A striation forms under stable training (index share >= {ratio:g} x layer share)",
-                       verdict(bool(len(striated)) if len(ok) else None),
-                       f"Striated unflagged cells: {listing(striated)}." if len(ok) else "No cell stayed unflagged."))
-    if long is None or long["flag"] != "ok":
-        why = "the long cell did not run" if long is None else f"the long cell was flagged ({long['flag']})"
+                       verdict(bool(len(striated)) if len(stable) else None),
+                       f"Striated stable cells: {listing(striated)}." if len(stable) else "No cell was stable."))
+    if long is None or long["unstable"] is not False:
+        why = "the long cell did not run" if long is None else f"the long cell was {long['flag']}"
         found.append(Claim("3", "Under stable training the dominant index settles", verdict(None), f"Not tested: {why}."))
     else:
         unknown = "Not tested: fewer than two tracked steps in the last window. " if long["settled"] is None else ""
