@@ -79,7 +79,6 @@ class HostReader:
             tokenizer.padding_side = saved_side
         return states
 
-
     def cached(self, texts: list[str]) -> np.ndarray:
         """`self(texts)`, kept on disk under the cache directory for the same host, layer, prompt,
         torch version and texts: the judge's training texts (2,104, and as many shuffled) are read
