@@ -7,6 +7,7 @@
 #   ./reproduce.sh lab [jupyter lab args]                         JupyterLab at notebooks/ (installed on first use)
 #   ./reproduce.sh plan [--profile P] [--gpus N]                  memory and time plan of a profile's training
 #   ./reproduce.sh train [--profile P] [--gpus N]                 train a profile's IRMs (DDP on N GPUs); the notebooks load them
+#   ./reproduce.sh host-stats [--profile P] [--index I]           the host's indices ranked by norm gains and massive activations, untrained
 # It creates .venv (or $IRM_VENV) and installs everything on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -100,6 +101,10 @@ case "${1:-}" in
     train)
         shift
         exec "$PY" -m irmlib.profile_runs "$@"
+        ;;
+    host-stats)
+        shift
+        exec "$PY" -m irmlib.host_stats "$@"
         ;;
     *)
         exec "$PY" -m irmlib.pipeline "$@"

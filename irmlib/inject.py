@@ -18,7 +18,7 @@ inputs, the host's residual stream, the LM-head nudge) goes through.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -75,7 +75,8 @@ def replace_layer_output(output, hidden: torch.Tensor):
 class Injection:
     """Hooks that run an IRM inside a host. Settings can change between forwards."""
 
-    def __init__(self, host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True):
+    def __init__(self, host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         # Under DDP `irm` is a wrapper: call it for the forward, read the config from inside.
         config = getattr(irm, "module", irm).config
         check_fits(config, host)
@@ -89,6 +90,9 @@ class Injection:
         self.active = active
         self.scale = scale
         self.masked_indices = tuple(masked_indices)
+        # Any other change to the IRM's output [batch, tokens, injected_layers, hidden] before it is
+        # added (irmlib.index_effect keeps one index only, or moves its write), after scale and mask.
+        self.transform = transform
         self.capture: Capture | None = None  # the latest capture, kept after its block ends
         self._capturing = False
         self._input_residual: torch.Tensor | None = None
@@ -132,6 +136,8 @@ class Injection:
             vectors = vectors * self.scale
         if self._masked_indices:
             vectors = vectors * self._keep_mask(vectors)
+        if self.transform is not None:
+            vectors = self.transform(vectors)
         self.vectors = vectors
         # One unbind, not a slice per layer: a slice's backward zero-fills the whole tensor each time.
         self._per_layer = vectors.unbind(dim=2)
@@ -194,9 +200,10 @@ class Injection:
 
 
 @contextmanager
-def inject(host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True) -> Iterator[Injection]:
+def inject(host: Host, irm: IRM, scale: float = 1.0, masked_indices: Sequence[int] = (), active: bool = True,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Injection]:
     """Run `irm` inside `host` for the duration of the block; hooks are removed on exit."""
-    injection = Injection(host, irm, scale=scale, masked_indices=masked_indices, active=active)
+    injection = Injection(host, irm, scale=scale, masked_indices=masked_indices, active=active, transform=transform)
     try:
         yield injection
     finally:

@@ -27,7 +27,7 @@ METRICS_SCHEMA: dict[str, dict] = {
     "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "training_ablation", "nudge_kl", "logit_spread_ranks")},
     "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "host_side")},
     # Notebook 07 runs with a profile of its own: its section is in figures/regime/metrics.json.
-    "07_regime": {"keys": ("cells", "long", "recommendation", "thresholds", "claims"), "profile": "regime"},
+    "07_regime": {"keys": ("cells", "long", "dominant_index_effect", "recommendation", "thresholds", "claims"), "profile": "regime"},
 }
 
 

@@ -19,6 +19,7 @@ from .environment import repo_root
 from .errors import CompanionError
 from .fieldtypes import PositiveInt, check_fields
 from .gate import GateRules
+from .index_effect import EffectRules
 from .irm import IRM_FIELDS, IRMConfig
 from .prompts import PROMPT_FORMATS
 from .runs import run_name
@@ -76,6 +77,14 @@ class AnalysisConfig:
     unstable_early_steps: PositiveInt = 5  # the steps whose median gradient norm is "early"
     host_damaged_margin: float = 1.0  # host_damaged: the yardstick ends more than this many nats above the host's
     settled_window: float = 1 / 3  # settled: the dominant index held over this last share of the tracked steps
+    # Does the dominant index do anything (irmlib.index_effect.EffectRules): fixed before it was measured.
+    effect_min_kl: float = 0.05  # KL(irm || host) in nats below which an IRM has no effect to explain
+    effect_much: float = 0.5  # a share of the IRM's effect that counts as much of it
+    effect_little: float = 0.2  # and as hardly any
+
+    def effect_rules(self) -> EffectRules:
+        """The dominant-index effect's thresholds as irmlib.index_effect reads them."""
+        return EffectRules(min_change=self.effect_min_kl, much=self.effect_much, little=self.effect_little)
 
     def gate_rules(self) -> GateRules:
         """The fluency gate's thresholds as irmlib.gate reads them."""
@@ -90,7 +99,8 @@ class AnalysisConfig:
         if not self.unstable_grad_multiple > 1 or not self.host_damaged_margin > 0:
             raise ValueError(f"analysis.unstable_grad_multiple must be above 1 and analysis.host_damaged_margin above 0 (nats), "
                              f"got {self.unstable_grad_multiple!r} and {self.host_damaged_margin!r}.")
-        for key in ("gate_top_word_share", "gate_salad_probability", "gate_max_degenerate_share", "settled_window"):
+        for key in ("gate_top_word_share", "gate_salad_probability", "gate_max_degenerate_share", "settled_window", "effect_much",
+                    "effect_little"):
             if not 0 < getattr(self, key) <= 1:
                 raise ValueError(f"analysis.{key} is a share: give a number above 0 and at most 1, got {getattr(self, key)!r}.")
 

@@ -113,13 +113,20 @@ def host_ranks(table: pd.DataFrame, index: int) -> dict[str, int]:
             for quantity, end in RANK_ORDER.items()}
 
 
-def norm_gains(host: Host) -> pd.DataFrame:
-    """Per hidden index: mean |gain| over every decoder layer's norms (input and post-attention
-    for Llama) and |gain| of the final norm."""
+def layer_norms(host: Host) -> list[tuple[int, str, torch.Tensor]]:
+    """Every decoder layer's per-index norm gains (input and post-attention for Llama), in layer
+    order: [(layer, module name, |gain| [hidden] float64 on CPU)]."""
     hidden = host.hidden_size
-    layer_gains = [m.weight.detach().abs().double().cpu() for layer in host.layers for m in layer.modules()
-                   if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None and m.weight.shape == (hidden,)]
+    return [(number, name, module.weight.detach().abs().double().cpu())
+            for number, layer in enumerate(host.layers) for name, module in layer.named_modules()
+            if "norm" in type(module).__name__.lower() and getattr(module, "weight", None) is not None
+            and module.weight.shape == (hidden,)]
+
+
+def norm_gains(host: Host) -> pd.DataFrame:
+    """Per hidden index: mean |gain| over every decoder layer's norms (`layer_norms`) and |gain|
+    of the final norm."""
     return pd.DataFrame({
-        "layer_norm_gain": torch.stack(layer_gains).mean(0).numpy(),
+        "layer_norm_gain": torch.stack([gain for _, _, gain in layer_norms(host)]).mean(0).numpy(),
         "final_norm_gain": host.final_norm.weight.detach().abs().double().cpu().numpy(),
     }).rename_axis("index")

@@ -13,11 +13,14 @@ import torch
 
 from conftest import striated, tiny_tokenizer
 from irmlib.irm import IRM, IRMConfig
+from irmlib.claims import HELD
 from irmlib.objective import make_paper_collate
 from irmlib.profile import load_profile
 from irmlib.residual import norm_gains
+from irmlib.runs import run_name
 from irmlib.studies.mechanism import (arm_profiles, arm_runs, arm_summary, arm_tone, arm_variant, curve_verdict, frequency_alignment,
-                                      gradient_sign_consistency, index_profile, predictions, token_counts)
+                                      gradient_sign_consistency, index_profile, prediction_sets, predictions, set_hits,
+                                      token_counts)
 from irmlib.scoring import tone_table
 from train_tiny import tiny_rows
 
@@ -82,6 +85,43 @@ def test_arms_of_the_cpu_profile():
     assert arm_variant(profile, arms["A"], "A") == ""
     with pytest.raises(ValueError, match="mechanism.arms"):
         arm_profiles(replace(profile, mechanism=None))
+
+
+LAYER_SUBSETS = {"L0-7": list(range(8)), "L24-29": list(range(24, 30)), "Levery4": list(range(0, 30, 4))}
+
+
+def test_arms_can_run_a_stated_number_of_times_and_over_layer_subsets():
+    profile = load_profile("cpu")
+    spec = {"base": {}, "arms": {"A": {"objective": "paper_code"}, "C": {"objective": "paper_code", "label_shift": 1},
+                                  **{name: {"objective": "paper_code", "injected_layers": layers} for name, layers in LAYER_SUBSETS.items()}},
+            "replicated": ["A"], "runs": {"C": 3, "L0-7": 2, "L24-29": 2, "Levery4": 2},
+            "emotions": ["anger", "sadness"], "seeds": [0, 1]}
+    with_subsets = replace(profile, mechanism=spec)
+    runs = arm_runs(with_subsets)
+    assert [r for r in runs if r[0] == "C"] == [("C", "anger", 0), ("C", "anger", 1), ("C", "sadness", 0)]
+    assert [r for r in runs if r[0] == "L24-29"] == [("L24-29", "anger", 0), ("L24-29", "anger", 1)]  # one emotion, two seeds
+    assert sum(r[0] == "A" for r in runs) == 4 and len(runs) == 4 + 3 + 3 * 2
+    arms = arm_profiles(with_subsets)
+    assert list(arms["L24-29"].irm["injected_layers"]) == list(range(24, 30))
+    names = {run_name(emotion, seed, arm_variant(with_subsets, arms[arm], arm)) for arm, emotion, seed in runs if arm.startswith("L")}
+    assert names == {f"anger-seed{seed}-arm{arm}" for arm in LAYER_SUBSETS for seed in (0, 1)}
+    with pytest.raises(ValueError, match="not arms"):
+        arm_runs(replace(profile, mechanism=spec | {"runs": {"Z": 2}}))
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        arm_runs(replace(profile, mechanism=spec | {"runs": {"C": 5}}))
+
+
+def test_prediction_sets_and_their_hits_against_chance():
+    gains = pd.DataFrame({"layer_norm_gain": [0.5, 0.1, 0.9, 0.2, 0.8, 0.7], "final_norm_gain": [0.9, 0.8, 0.1, 0.7, 0.6, 0.5]})
+    sets = prediction_sets(np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.0]), gains, k=2)
+    assert sets == {"b_smallest_layer_norm_gain": [1, 3], "b_smallest_final_norm_gain": [2, 5], "d_sign_consistent": [3, 4]}
+    hits = set_hits(sets, {"r0": 3, "r1": 3, "r2": 0}, hidden=6)
+    row = hits.loc["b_smallest_layer_norm_gain"]
+    assert (row.hits, row.runs, row.chance, row.hit_runs) == (2, 3, 2 / 6, ["r0", "r1"])
+    assert row.p_value == pytest.approx(1 - (2 / 3) ** 3 - 3 * (1 / 3) * (2 / 3) ** 2)  # P(at least 2 of 3 at chance 1/3)
+    assert hits.loc["b_smallest_final_norm_gain", "hits"] == 0 and hits.loc["b_smallest_final_norm_gain", "p_value"] == 1.0
+    many = set_hits({"s": [7]}, {f"r{i}": 7 for i in range(4)}, hidden=576)
+    assert many.loc["s", "verdict"] == HELD and many.loc["s", "p_value"] < 1e-9
 
 
 def test_arm_summary_and_curve_verdict():

@@ -87,7 +87,7 @@ def test_the_claims_read_only_unflagged_cells():
             "layer_share": 0.1, "dominant_index": 3, "final_index": 3, "settled": True, "held_since": 500, "steps": 1000,
             "yardstick_host": 3.3, "yardstick_end": 3.4}
     verdicts = by_number(regime.claims(table, long, ratio=2.0))
-    assert verdicts == {"1": HELD, "2": HELD, "3": HELD, "4": HELD}
+    assert verdicts == {"1": HELD, "2": HELD, "3": HELD, "4": HELD, "5": NOT_TESTED}
     # A host-damaged cell is stable: its striation counts for claim 2 and is listed with its flag; an unstable one's does not.
     damaged_striated = table.assign(index_share=[0.06, 0.4])
     claim = regime.claims(damaged_striated, long, ratio=2.0)[1]
@@ -95,7 +95,8 @@ def test_the_claims_read_only_unflagged_cells():
     only_unstable_striated = damaged_striated.assign(flag=["ok", "unstable"], unstable=[False, True])
     assert by_number(regime.claims(only_unstable_striated, long, ratio=2.0))["2"] == NOT_HELD
     all_unstable = table.assign(flag="unstable", unstable=True)
-    assert by_number(regime.claims(all_unstable, None, ratio=2.0)) == {"1": NOT_HELD, "2": NOT_TESTED, "3": NOT_TESTED, "4": NOT_TESTED}
+    assert by_number(regime.claims(all_unstable, None, ratio=2.0)) == {"1": NOT_HELD, "2": NOT_TESTED, "3": NOT_TESTED, "4": NOT_TESTED,
+                                                                     "5": NOT_TESTED}
     damaged_long = by_number(regime.claims(table, long | {"flag": "host damaged"}, ratio=2.0))
     assert damaged_long["3"] == HELD  # stable though damaged: its index is read
     assert by_number(regime.claims(table, long | {"flag": "unstable", "unstable": True}, ratio=2.0))["3"] == NOT_TESTED
@@ -103,6 +104,28 @@ def test_the_claims_read_only_unflagged_cells():
     assert unsettled["3"] == NOT_TESTED
     assert by_number(regime.claims(table.assign(text="degenerate"), long, ratio=2.0))["4"] == NOT_HELD
 
+
+def effect(index: int, only: float, masked: float, verdict: str) -> dict:
+    """An irmlib.index_effect record with what effect_table reads."""
+    conditions = {c: {"entropy": 2.0, "index_share": 0.01} for c in ("host", "irm", "only", "masked", "moved")}
+    return {"index": index, "moved_to": index + 1, "conditions": conditions, "temperature": {"share": 0.5}, "verdict": verdict,
+            "shares": {"distribution": {"irm_change": 4.0, "only": only, "masked": masked, "moved": masked}}}
+
+
+def test_claim_5_holds_only_where_masking_the_index_removes_the_effect_in_every_stable_cell():
+    table = cells({"A 1e-04 stable": "ok", "A 3e-03 plain": "host damaged"})
+    knob = regime.effect_table({"A 1e-04 stable": effect(507, 0.8, 0.2, "norm knob (b)"), "A 3e-03 plain": effect(412, 0.7, 0.4, "neither")})
+    assert list(knob["index"]) == [507, 412] and list(knob.masked_keeps) == [0.2, 0.4]
+    assert by_number(regime.claims(table, None, ratio=2.0, effects=knob, much=0.5))["5"] == HELD
+    inert = regime.effect_table({"A 1e-04 stable": effect(507, 0.8, 0.2, "norm knob (b)"), "A 3e-03 plain": effect(412, -0.1, 0.98, "inert (d)")})
+    claim = regime.claims(table, None, ratio=2.0, effects=inert, much=0.5)[4]
+    assert claim.verdict == NOT_HELD and "A 3e-03 plain (index 412): masked keeps 0.980" in claim.evidence and "inert (d)" in claim.evidence
+    # A cell with no effect to explain is listed but not counted.
+    idle = regime.effect_table({"A 1e-04 stable": effect(507, 0.8, 0.2, "norm knob (b)"), "A 3e-03 plain": effect(412, 0.0, 1.0, "no effect to explain")})
+    claim = regime.claims(table, None, ratio=2.0, effects=idle, much=0.5)[4]
+    assert claim.verdict == HELD and "No effect to explain (KL(irm || host) under the threshold): A 3e-03 plain." in claim.evidence
+    nothing = regime.effect_table({"A 1e-04 stable": effect(507, 0.0, 1.0, "no effect to explain")})
+    assert regime.claims(table, None, ratio=2.0, effects=nothing, much=0.5)[4].verdict == NOT_TESTED
 
 
 def test_table_values_go_to_metrics_as_plain_numbers():

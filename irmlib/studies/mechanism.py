@@ -83,6 +83,33 @@ def predictions(sign_consistency: np.ndarray, gains: pd.DataFrame, freq_alignmen
     }
 
 
+def prediction_sets(sign_consistency: np.ndarray, gains: pd.DataFrame, k: int) -> dict[str, list[int]]:
+    """The k indices each hypothesis names before training. (b) a norm knob: the k smallest mean
+    layer-norm gains, and apart the k smallest final-norm gains (the two rankings can disagree);
+    (d) an inert by-product of Adam: the k largest gradient sign consistencies at initialisation
+    (a gradient that keeps one sign, whatever its size)."""
+    return {
+        "b_smallest_layer_norm_gain": [int(i) for i in gains.layer_norm_gain.nsmallest(k).index],
+        "b_smallest_final_norm_gain": [int(i) for i in gains.final_norm_gain.nsmallest(k).index],
+        "d_sign_consistent": [int(i) for i in np.argsort(-np.asarray(sign_consistency), kind="stable")[:k]],
+    }
+
+
+def set_hits(sets: dict[str, list[int]], dominant: dict[str, int], hidden: int, alpha: float = 0.05) -> pd.DataFrame:
+    """Per predicted set, how many runs' dominant index (`dominant`: run -> index) falls in it,
+    against chance: a random index is in a set of k with probability k / hidden; p is the one-sided
+    binomial probability of at least that many hits. One row per set."""
+    rows = {}
+    for name, members in sets.items():
+        k, n = len(members), len(dominant)
+        hit_runs = [run for run, index in dominant.items() if index in members]
+        rows[name] = {"k": k, "runs": n, "hits": len(hit_runs), "chance": k / hidden, "expected_hits": n * k / hidden,
+                      "p_value": float(binom.sf(len(hit_runs) - 1, n, k / hidden)) if n else float("nan"),
+                      "verdict": verdict(None if n == 0 else bool(binom.sf(len(hit_runs) - 1, n, k / hidden) < alpha)),
+                      "hit_runs": hit_runs}
+    return pd.DataFrame(rows).T
+
+
 def index_profile(host: Host, index: int, gains: pd.DataFrame, massive_ratio: np.ndarray, freq_alignment: np.ndarray,
                   top: int = 10) -> dict:
     """What the host does with one hidden index: its rank by smallest norm gain (1 = smallest), its
@@ -138,12 +165,23 @@ def arm_profiles(profile) -> dict:
 
 
 def arm_runs(profile) -> list[tuple[str, str, int]]:
-    """(arm, emotion, seed) of every run of notebook 06, replicated arms first."""
+    """(arm, emotion, seed) of every run of notebook 06, replicated arms first.
+
+    An arm in `mechanism.replicated` runs for every (emotion, seed) of `emotions` x `seeds`; one in
+    `mechanism.runs: {arm: n}` for the first n of them in that order (each emotion's seeds, then
+    the next emotion's: 2 is one emotion and two seeds); any other once, on the first."""
     spec = profile.mechanism or {}
     emotions, seeds = spec.get("emotions", profile.emotions), spec.get("seeds", profile.seeds)
-    replicated = spec.get("replicated", [])
-    runs = [(arm, e, s) for arm in replicated for e in emotions for s in seeds]
-    return runs + [(arm, emotions[0], seeds[0]) for arm in spec.get("arms", {}) if arm not in replicated]
+    pairs = [(emotion, seed) for emotion in emotions for seed in seeds]
+    replicated, counts, arms = spec.get("replicated", []), spec.get("runs", {}), spec.get("arms", {})
+    unknown = sorted(set(counts) - set(arms))
+    if unknown:
+        raise ValueError(f"mechanism.runs names {unknown}, not arms; choose from {', '.join(arms)}.")
+    bad = {arm: n for arm, n in counts.items() if not (isinstance(n, int) and 1 <= n <= len(pairs))}
+    if bad:
+        raise ValueError(f"mechanism.runs: {bad}; each is a number of runs from 1 to {len(pairs)} (emotions x seeds).")
+    runs = [(arm, emotion, seed) for arm in replicated for emotion, seed in pairs]
+    return runs + [(arm, emotion, seed) for arm in arms if arm not in replicated for emotion, seed in pairs[:counts.get(arm, 1)]]
 
 
 def arm_variant(profile, arm_profile, arm: str) -> str:

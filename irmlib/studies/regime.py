@@ -36,6 +36,7 @@ from .. import runs
 from ..claims import NOT_TESTED, Claim, fmt, verdict
 from ..health import Probe
 from ..host import Host
+from ..index_effect import EffectRules, effect_record, measure_effect, next_gain_index
 from ..irm import load_irm
 from ..judge import EmotionJudge
 from ..profile import Profile, ProfileError, with_overrides
@@ -140,6 +141,34 @@ def cell_tone(host: Host, judge: EmotionJudge, profile: Profile, cell: Cell, que
                                       "verdict", "text")} | {"p_target_base": table.loc["base", "p_target"]}
 
 
+def cell_effect(host: Host, profile: Profile, cell: Cell, index: int, probe: Probe, gains: pd.Series,
+                rules: EffectRules = EffectRules()) -> dict:
+    """Does a cell's dominant index do anything (irmlib.index_effect)? Its IRM on the probe with the
+    index alone, masked, and its write moved to the next index by `gains` (the host's mean
+    layer-norm gain per index, irmlib.residual.norm_gains), the objective's loss at the cell's label
+    shift: `effect_record`."""
+    spec = regime_spec(profile)
+    irm = load_irm(runs.read_checkpoint(profile, spec["emotion"], spec["seed"], cell.variant), host, device=host.device).eval()
+    effect = measure_effect(host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index),
+                            cell.profile.train.objective_spec.label_shift)
+    return effect_record(effect, rules)
+
+
+def effect_table(effects: dict[str, dict]) -> pd.DataFrame:
+    """One row per cell (`cell_effect` records by cell name): the index, KL(irm || host), the share
+    of the IRM's next-token distribution that only the index / everything but it / the moved write
+    keeps, the temperature's share of the KL, the host's entropy without and with the IRM, the
+    index's share of the final residual's squared norm with the IRM and with only the index, and
+    the verdict."""
+    return pd.DataFrame({name: {
+        "index": e["index"], "moved_to": e["moved_to"], "kl_irm_host": e["shares"]["distribution"]["irm_change"],
+        "only_keeps": e["shares"]["distribution"]["only"], "masked_keeps": e["shares"]["distribution"]["masked"],
+        "moved_keeps": e["shares"]["distribution"]["moved"], "temperature_share": e["temperature"]["share"],
+        "entropy_host": e["conditions"]["host"]["entropy"], "entropy_irm": e["conditions"]["irm"]["entropy"],
+        "final_index_share_irm": e["conditions"]["irm"]["index_share"], "final_index_share_only": e["conditions"]["only"]["index_share"],
+        "verdict": e["verdict"]} for name, e in effects.items()}).T
+
+
 def recommendation(table: pd.DataFrame) -> dict:
     """The cell the default recipe should take: among unflagged cells whose IRM raised the target
     emotion in fluent text, the one with the largest change; where none did, none is recommended
@@ -156,14 +185,17 @@ def recommendation(table: pd.DataFrame) -> dict:
     return {"cell": None, "highest_unflagged": None, "why": "no cell stayed unflagged"}
 
 
-def claims(table: pd.DataFrame, long: dict | None, ratio: float) -> list[Claim]:
+def claims(table: pd.DataFrame, long: dict | None, ratio: float, effects: pd.DataFrame | None = None,
+           much: float = EffectRules.much) -> list[Claim]:
     """Notebook 07's claims: (1) some cell of the map trains stably (not `unstable`); (2) a
     striation forms under stable training (a stable cell, the long one included, with index share
     at least `ratio` x its layer share); (3) the long cell, if stable, has its dominant index
     settle (held over the last analysis.settled_window of its tracked steps); (4) some cell with
-    neither flag raises the target emotion in fluent text. Each stable cell is listed with its
-    flag, so a host-damaged one shows as such. table: the map's cells (`run_cell` with tone), by
-    cell name; long: the long cell's row, or None where it did not run."""
+    neither flag raises the target emotion in fluent text; (5) in every stable cell the dominant
+    index carries the IRM's effect: masking it keeps at most 1 - `much` of the IRM's next-token
+    distribution (irmlib.index_effect). Each stable cell is listed with its flag, so a host-damaged
+    one shows as such. table: the map's cells (`run_cell` with tone), by cell name; long: the long
+    cell's row, or None where it did not run; effects: `effect_table` of the stable cells."""
     cells = pd.concat([table, pd.DataFrame([long]).set_index("cell")]) if long is not None else table
     stable = cells[cells.unstable.eq(False)]  # None (not measured) is not stable
     ok = cells[cells.flag == "ok"]
@@ -189,13 +221,27 @@ def claims(table: pd.DataFrame, long: dict | None, ratio: float) -> list[Claim]:
         found.append(Claim("3", "Under stable training the dominant index settles", verdict(long["settled"]),
                            f"{unknown}{long['cell']}: final index {long['final_index']}, held since step {long['held_since']} of "
                            f"{long['steps']}; index share {long['index_share']:.2f} vs layer share {long['layer_share']:.2f}."))
-    toned = ok[ok.verdict.notna()] if "verdict" in ok else ok.iloc[:0]
+    # Without a tone column (no cell was unflagged, so none was measured) no cell is toned.
+    toned = ok[ok.verdict.notna()] if "verdict" in ok else ok.iloc[:0].assign(verdict=None, text=None)
     tested = toned[~toned.verdict.astype(str).str.startswith(NOT_TESTED)]
     raised = tested[(tested.verdict == "raised") & (tested.text == "fluent")]
     found.append(Claim("4", "Some unflagged cell raises the target emotion in fluent text", verdict(bool(len(raised)) if len(tested) else None),
                        "; ".join(f"{name}: change {fmt(row.p_target_change, 4, True)} [{fmt(row.p_target_change_low, 4, True)}, "
                                  f"{fmt(row.p_target_change_high, 4, True)}] over {int(row.scored)} scored texts, {row.verdict}, text {row.text}"
                                  for name, row in toned.iterrows()) + "." if len(toned) else "No unflagged cell's tone was measured."))
+    effects = effects if effects is not None else pd.DataFrame(columns=["verdict"])
+    # A cell whose IRM barely moved the host has no effect for its index to carry: listed, not counted.
+    measured = effects[effects.verdict != "no effect to explain"]
+    carried = measured[measured.masked_keeps.astype(float) <= 1 - much] if len(measured) else measured
+    none = f" No effect to explain (KL(irm || host) under the threshold): {', '.join(effects.index.difference(measured.index))}." \
+        if len(measured) < len(effects) else ""
+    found.append(Claim("5", f"In every stable cell the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
+                            f"of the IRM's next-token distribution)", verdict(len(carried) == len(measured) if len(measured) else None),
+                       ("; ".join(f"{name} (index {int(row['index'])}): masked keeps {row.masked_keeps:.3f}, only the index keeps "
+                                  f"{row.only_keeps:.3f}, moved keeps {row.moved_keeps:.3f} of KL(irm || host) = {row.kl_irm_host:.2f} nats; "
+                                  f"a temperature explains {row.temperature_share:.2f} of it; {row.verdict}"
+                                  for name, row in measured.iterrows()) + "." if len(measured) else "No stable cell had an effect to explain.")
+                       + none))
     return found
 
 
