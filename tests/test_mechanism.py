@@ -196,8 +196,12 @@ def test_arm_a_shares_notebook_02s_runs(embedded_host, smoke_root, smoke_trainin
     weights_mtime = (shared / "last" / "irm.safetensors").stat().st_mtime_ns
     before = {p.name for p in irm_dir(profile).iterdir()}
     probe = run_probe(embedded_host, profile, "anger", rows)
-    result = run_arm(embedded_host, profile, arms, "A", "anger", 0, rows, probe)
+    result = run_arm(embedded_host, profile, arms, "A", "anger", 0, rows, probe, gains=norm_gains(embedded_host).layer_norm_gain)
     assert result["irm_dir"] == shared / "last" and result["run"] == "A:anger-seed0"
+    effect = result["dominant_index_effect"]  # the dominant index's effect, at arm A's label shift (the token after next)
+    assert effect["index"] == result["dominant_index"] and effect["label_shift"] == 2 and effect["moved_to"] != effect["index"]
+    # The same probe texts as the run's recorded host yardstick (that one under the run's precision: bf16 where it applies).
+    assert effect["conditions"]["host"]["yardstick"] == pytest.approx(result["yardstick_host"], rel=0.02)
     assert {p.name for p in irm_dir(profile).iterdir()} == before, "arm A made a run directory of its own"
     assert (shared / "done.json").read_text() == done_before and (shared / "last" / "irm.safetensors").stat().st_mtime_ns == weights_mtime
     # Measured on the probe texts the tracker read, on the same IRM: its last tracked row.

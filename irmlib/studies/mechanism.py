@@ -17,6 +17,7 @@ from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
 from ..health import Probe
 from ..host import Host
+from ..index_effect import EffectRules, effect_record, measure_effect, next_gain_index
 from ..inject import Injection
 from ..irm import IRM, load_irm
 from ..judge import EmotionJudge
@@ -193,10 +194,13 @@ def arm_variant(profile, arm_profile, arm: str) -> str:
     return "" if same else f"arm{arm}"
 
 
-def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict], probe: Probe) -> dict:
+def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict], probe: Probe,
+            gains: pd.Series | None = None, rules: EffectRules = EffectRules()) -> dict:
     """Train (or load) one run of an arm and measure, on its emotion's probe texts (`probe`, the
     texts its tracker read while it trained), the striations of the IRM every notebook reads
-    (irmlib.runs.read_checkpoint), and its health (irmlib.profile_runs.run_health).
+    (irmlib.runs.read_checkpoint), and its health (irmlib.profile_runs.run_health). Given `gains`
+    (the host's mean layer-norm gain per index, irmlib.residual.norm_gains), also whether its
+    dominant index does anything (irmlib.index_effect, by `rules`): `dominant_index_effect`.
 
     Returns the run's name, arm, training summary, health, striation metrics, `matrix` (mean
     |output|, [layers, hidden]), `signed` (signed mean, [layers, hidden]), `tracking` (DataFrame
@@ -208,13 +212,19 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
     summary = train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, probe=probe)
     directory = runs.run_dir(profile, emotion, seed, variant)
     checkpoint = runs.read_checkpoint(profile, emotion, seed, variant)
-    outputs = probe.tracker().outputs(load_irm(checkpoint, host, device=host.device).eval())
+    irm = load_irm(checkpoint, host, device=host.device).eval()
+    outputs = probe.tracker().outputs(irm)
     matrix = magnitude_matrix(outputs)
     metrics = striation_metrics(matrix, profile.analysis.top_k)
     health = run_health(directory, profile.analysis)
+    effect = {}
+    if gains is not None:
+        index = metrics["dominant_index"]
+        effect["dominant_index_effect"] = effect_record(measure_effect(
+            host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index), arm_profile.train.objective_spec.label_shift), rules)
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "best_val_loss")}, **{k: health[k] for k in HEALTH_COLUMNS}, **metrics,
-            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint}
+            "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint, **effect}
 
 
 def evidence(results: list[dict]) -> tuple[list[dict], list[dict]]:
