@@ -16,6 +16,7 @@ from train_tiny import run, tiny_rows
 from irmlib.health import index_settled, make_probe, not_first_tokens, run_flags, yardstick_loss
 from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig, load_irm
+from irmlib.precision import choose_precision
 from irmlib.profile import AnalysisConfig
 from irmlib.prompts import make_collate
 from irmlib.residual import host_hidden_states
@@ -104,8 +105,11 @@ def test_a_run_records_the_yardstick_and_the_gradient_norm(tmp_path):
     host = Host.from_model(tiny_model("llama"), name="tiny-llama")
     probe_batch = make_collate(0)(tiny_rows(4, 2))
     summary = run(str(tmp_path / "run"), epochs=1, host=host, yardstick=probe_batch, track_every=2, init="zero")
+    # The run measures under its precision (bf16 autocast on a CPU with native bf16); the choice is
+    # cached per process, so this is the run's.
+    precision = choose_precision()
     with torch.inference_mode():
-        host_value = yardstick_loss(host, probe_batch)
+        host_value = yardstick_loss(host, probe_batch, precision)
     # A zero-init IRM writes nothing: before the first step the host is untouched.
     assert summary["yardstick_host"] == pytest.approx(host_value) and summary["yardstick_start"] == pytest.approx(host_value)
     assert summary["yardstick_end"] != pytest.approx(host_value) and math.isfinite(summary["yardstick_end"])
@@ -120,7 +124,7 @@ def test_a_run_records_the_yardstick_and_the_gradient_norm(tmp_path):
     untracked_end = run(str(tmp_path / "every4"), epochs=1, host=host, yardstick=probe_batch, track_every=4, init="zero")
     assert pd.read_csv(tmp_path / "every4" / "tracking.csv").step.tolist() == [0, 4]
     with inject(host, load_irm(tmp_path / "every4" / "last", host)), torch.inference_mode():
-        assert untracked_end["yardstick_end"] == pytest.approx(yardstick_loss(host, probe_batch), rel=1e-5)
+        assert untracked_end["yardstick_end"] == pytest.approx(yardstick_loss(host, probe_batch, precision))
 
 
 def test_a_run_stops_once_the_yardstick_is_far_above_the_hosts_twice(tmp_path):

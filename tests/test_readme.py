@@ -3,12 +3,14 @@
 Every number README quotes from a run or a command has a row in figures/cpu/readme_numbers.tsv:
 the README section it sits in, the quote as printed, its source, the path to the value there and how
 the value is rounded to the quote. Rows are in the order their quotes appear in the section. In
-"What the default run found" every decimal number (a point, a thousands comma or a percent sign)
-must have a row; elsewhere rows cover what they cover (the plan's numbers).
+"What the default run found" and "What the regime map found" every decimal number (a point, a
+thousands comma or a percent sign) must have a row; elsewhere rows cover what they cover (the
+plan's numbers).
 
 Sources:
   metrics.json                       figures/cpu/metrics.json
   notebooks/<name>.ipynb             a committed notebook, read as JSON (its cells, outputs, sources)
+  figures/<profile>/metrics.json     another committed JSON file, by its path
   <commit>:<path>                    a JSON file as committed at an earlier commit (git show)
   ./reproduce.sh plan --profile ...  what irmlib.plan prints for that command, run in-process
 Several sources or paths joined by " & " must each hold the quote (one source or one path serves all).
@@ -43,6 +45,7 @@ ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 TABLE = ROOT / "figures" / "cpu" / "readme_numbers.tsv"
 FINDINGS = "What the default run found"
+REGIME_FINDINGS = "What the regime map found"
 PLAN = "./reproduce.sh plan"
 
 NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
@@ -324,13 +327,13 @@ def sources() -> Sources:
 
 
 def test_every_number_of_the_findings_has_a_row_in_order(rows, readme):
-    assert FINDINGS in readme
+    assert FINDINGS in readme and REGIME_FINDINGS in readme
     by_section: dict[str, list[Row]] = {}
     for row in rows:
         assert row.section in readme, f"row {row.quote}: README has no section '{row.section}'"
         by_section.setdefault(row.section, []).append(row)
     assert sum(is_decimal(n) for n in numbers(readme[FINDINGS])) > 50, "the findings quote numbers"
-    problems = {name: unmatched(readme[name], section_rows, every_decimal=name == FINDINGS)
+    problems = {name: unmatched(readme[name], section_rows, every_decimal=name in (FINDINGS, REGIME_FINDINGS))
                 for name, section_rows in by_section.items()}
     assert not any(problems.values()), problems
 
