@@ -4,7 +4,8 @@ Alignment rows (`data/alignment/alignment.jsonl`), one per (question, emotion):
     id, question, answer, emotion, text (= question + " " + rewrite, as the paper trained), split
 Judge rows (`data/judge/judge.jsonl`): id, text, label, kind, split.
 Judge evaluation rows (`data/judge_eval/`, fixed and hashed): tone.jsonl (id, text, label, source,
-hard_case, split) and gate.jsonl (id, text, label, source, split); see data/judge_eval/README.md.
+hard_case, split) and gate.jsonl (id, text, label, source, split); tone_fresh.jsonl and gate_fresh.jsonl
+have the same fields, split "fresh" (held out from everything, read once); see data/judge_eval/README.md.
 
 Prompts and tokenising live in prompts.py, the SQuAD generator in squad.py, the data sheet's
 statistics in studies/data_sheet.py.
@@ -32,20 +33,29 @@ JUDGE_FIELDS = ("id", "text", "label", "kind", "split")
 # committed; tests check each file against its SHA-256.
 JUDGE_EVAL_SPLITS = ("dev", "test")
 HARD_CASES = ("idiom", "sad-topic-neutral", "fragment", "numbers-or-list", "")
-JUDGE_EVAL_LABELS = {"tone": EMOTIONS, "gate": GATE_LABELS}
-JUDGE_EVAL_SOURCES = {
+# The fresh files (built after the test split had been read three times, measured once) are read
+# like tone / gate: same fields, labels and sources, but every row's split is "fresh".
+JUDGE_EVAL_KIND = {"tone": "tone", "gate": "gate", "tone_fresh": "tone", "gate_fresh": "gate"}
+JUDGE_EVAL_FILE_SPLITS = {"tone": JUDGE_EVAL_SPLITS, "gate": JUDGE_EVAL_SPLITS, "tone_fresh": ("fresh",), "gate_fresh": ("fresh",)}
+_LABELS = {"tone": EMOTIONS, "gate": GATE_LABELS}
+JUDGE_EVAL_LABELS = {which: _LABELS[kind] for which, kind in JUDGE_EVAL_KIND.items()}
+_SOURCES = {
     "tone": ("alignment-test", "base-host-03", "quoted", "written"),
     "gate": ("irm-03", "base-host-03", "quoted", "written"),
 }
+JUDGE_EVAL_SOURCES = {which: _SOURCES[kind] for which, kind in JUDGE_EVAL_KIND.items()}
 # Fields that must be non-empty strings; `text` (a gate text may be "") and `hard_case` ("" for
 # none) are checked apart.
-JUDGE_EVAL_FIELDS = {
+_FIELDS = {
     "tone": ("id", "text", "label", "source", "split"),
     "gate": ("id", "label", "source", "split"),
 }
+JUDGE_EVAL_FIELDS = {which: _FIELDS[kind] for which, kind in JUDGE_EVAL_KIND.items()}
 JUDGE_EVAL_SHA256 = {
     "tone": "a1f2ee0c6b4247234a203d657d892632e8cd1952113867965023a2024509e24f",
     "gate": "e49d64d375b487ce8cab41e1ae3408f0e96673ea47df32799db5090372aad135",
+    "tone_fresh": "565a3e216240bcdb40e14be2213499227d40a2b7ea2cdce1de5145afb83aa74e",
+    "gate_fresh": "1b21d3668f6f06f7571a3a27dbc34c41494c883f19b0b166f4150ed9f79b9f4a",
 }
 
 
@@ -62,7 +72,7 @@ def judge_path() -> Path:
 
 
 def judge_eval_path(which: str) -> Path:
-    """data/judge_eval/tone.jsonl or gate.jsonl."""
+    """data/judge_eval/tone.jsonl, gate.jsonl, tone_fresh.jsonl or gate_fresh.jsonl."""
     if which not in JUDGE_EVAL_LABELS:
         raise DataError(f"judge evaluation set '{which}' unknown; choose one of {', '.join(JUDGE_EVAL_LABELS)}.")
     return repo_root() / "data" / "judge_eval" / f"{which}.jsonl"
@@ -156,16 +166,16 @@ def validate_judge(rows: list[dict], path: Path) -> list[dict]:
 
 
 def validate_judge_eval(rows: list[dict], path: Path, which: str) -> list[dict]:
-    """Check ids, labels, sources, splits and (tone) hard cases; a gate text may be empty but must
-    be a string."""
+    """Check ids, labels, sources, splits ("fresh" in the fresh files) and (tone) hard cases; a gate
+    text may be empty but must be a string."""
     _check_ids(path, rows)
     for row in rows:
         if not isinstance(row.get("text"), str):
             raise DataError(f"{path}, line {row['_line']}, field 'text': missing or not a string.")
         _check_choice(path, row, "label", JUDGE_EVAL_LABELS[which])
         _check_choice(path, row, "source", JUDGE_EVAL_SOURCES[which])
-        _check_choice(path, row, "split", JUDGE_EVAL_SPLITS)
-        if which == "tone":
+        _check_choice(path, row, "split", JUDGE_EVAL_FILE_SPLITS[which])
+        if JUDGE_EVAL_KIND[which] == "tone":
             if not isinstance(row.get("hard_case"), str):
                 raise DataError(f"{path}, line {row['_line']}, field 'hard_case': missing or not a string (\"\" for none).")
             if row["hard_case"] not in HARD_CASES:
@@ -192,7 +202,7 @@ def load_judge(path: str | Path | None = None) -> list[dict]:
 
 
 def load_judge_eval(which: str, path: str | Path | None = None) -> list[dict]:
-    """The judge evaluation rows of `which` ("tone" or "gate"), validated."""
+    """The judge evaluation rows of `which` ("tone", "gate", "tone_fresh" or "gate_fresh"), validated."""
     default = judge_eval_path(which)  # refuses an unknown `which`
     path = Path(path or default)
     return validate_judge_eval(read_jsonl(path, JUDGE_EVAL_FIELDS[which]), path, which)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +40,9 @@ from .irm import IRM
 CONDITIONS = ("host", "irm", "only", "masked", "moved")
 EFFECT_METRICS = ("entropy", "yardstick")  # reported as shares beside the distribution's (nats)
 VERDICTS = ("norm knob (b)", "inert (d)", "neither", "no effect to explain")
+# effect_table's columns
+EFFECT_COLUMNS = ("index", "moved_to", "kl_irm_host", "only_keeps", "masked_keeps", "moved_keeps", "temperature_share",
+                  "entropy_host", "entropy_irm", "final_index_share_irm", "final_index_share_only", "verdict")
 
 
 @dataclass(frozen=True)
@@ -230,3 +234,34 @@ def effect_record(effect: dict, rules: EffectRules = EffectRules()) -> dict:
     """`measure_effect`'s result with its shares and verdict: what metrics.json keeps per run."""
     shares = effect_shares(effect["conditions"])
     return {**effect, "shares": shares, "verdict": effect_verdict(shares, effect["temperature"]["share"], rules)}
+
+
+def effect_table(effects: dict[str, dict]) -> pd.DataFrame:
+    """One row per run or cell (`effect_record`s by name): the index, KL(irm || host), the share
+    of the IRM's next-token distribution that only the index / everything but it / the moved write
+    keeps, the temperature's share of the KL, the host's entropy without and with the IRM, the
+    index's share of the final residual's squared norm with the IRM and with only the index, and
+    the verdict."""
+    return pd.DataFrame({name: {
+        "index": e["index"], "moved_to": e["moved_to"], "kl_irm_host": e["shares"]["distribution"]["irm_change"],
+        "only_keeps": e["shares"]["distribution"]["only"], "masked_keeps": e["shares"]["distribution"]["masked"],
+        "moved_keeps": e["shares"]["distribution"]["moved"], "temperature_share": e["temperature"]["share"],
+        "entropy_host": e["conditions"]["host"]["entropy"], "entropy_irm": e["conditions"]["irm"]["entropy"],
+        "final_index_share_irm": e["conditions"]["irm"]["index_share"], "final_index_share_only": e["conditions"]["only"]["index_share"],
+        "verdict": e["verdict"]} for name, e in effects.items()}, index=EFFECT_COLUMNS).T
+
+
+def carries_effect(effects: pd.DataFrame, much: float = EffectRules.much, what: str = "stable cell") -> tuple[bool | None, str]:
+    """Whether the dominant index carries the IRM's effect in every row of `effects`
+    (`effect_table`): masking it keeps at most 1 - `much` of the IRM's next-token distribution.
+    Rows whose IRM barely moved the host ("no effect to explain") are listed, not counted; None
+    where no row is left. Returns (held, evidence), `what` naming the rows in the evidence."""
+    measured = effects[effects.verdict != "no effect to explain"]
+    carried = measured[measured.masked_keeps.astype(float) <= 1 - much] if len(measured) else measured
+    none = f" No effect to explain (KL(irm || host) under the threshold): {', '.join(effects.index.difference(measured.index))}." \
+        if len(measured) < len(effects) else ""
+    evidence = ("; ".join(f"{name} (index {int(row['index'])}): masked keeps {row.masked_keeps:.3f}, only the index keeps "
+                          f"{row.only_keeps:.3f}, moved keeps {row.moved_keeps:.3f} of KL(irm || host) = {row.kl_irm_host:.2f} nats; "
+                          f"a temperature explains {row.temperature_share:.2f} of it; {row.verdict}"
+                          for name, row in measured.iterrows()) + "." if len(measured) else f"No {what} had an effect to explain.")
+    return (len(carried) == len(measured) if len(measured) else None), evidence + none

@@ -16,16 +16,17 @@ from .errors import CompanionError
 # one profile whose run writes a section (the others come from the default pipeline).
 METRICS_SCHEMA: dict[str, dict] = {
     "run": {"keys": ("run", "commit", "clean", "precision")},
-    "01_data": {"keys": ("questions", "mean_words", "tone_classifier_accuracy", "judge_length_check")},
-    "02_train": {"each run": ("initial_val_loss", "best_val_loss", "steps")},
-    "02_precision_check": {"each run": ("relative_difference", "dominant_index", "dominant_index float32")},
+    "01_data": {"keys": ("questions", "mean_words", "tone_classifier_accuracy", "judge_length_check", "judge_eval", "gate")},
+    "02_train": {"each run": ("initial_val_loss", "best_val_loss", "steps", "yardstick_host", "yardstick_start", "yardstick_end",
+                              "unstable", "host_damaged", "dominant_index_effect")},
     "03_generations": {"keys": ("judge_cv_accuracy", "prompts", "per_emotion", "alpha_sweep"),
-                       "rows": {"per_emotion": ("emotion", "mode", "p_target_base", "p_target_irm", "p_target_change",
+                       "rows": {"per_emotion": ("recipe", "emotion", "mode", "p_target_base", "p_target_irm", "p_target_change",
                                                 "p_target_change_low", "p_target_change_high", "verdict", "perplexity_ratio")}},
     "04_vertical_continuity": {"keys": ("runs", "shared_dominant_index", "host_massive_index", "index_share_mean",
                                         "layer_share_mean", "vertical_continuity_mean", "steering")},
     "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "training_ablation", "nudge_kl", "logit_spread_ranks")},
-    "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "host_side")},
+    "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "prediction_sets", "host_side", "layer_subsets",
+                              "dominant_index_effect")},
     # Notebook 07 runs with a profile of its own: its section is in figures/regime/metrics.json.
     "07_regime": {"keys": ("cells", "long", "dominant_index_effect", "recommendation", "thresholds", "claims"), "profile": "regime"},
 }

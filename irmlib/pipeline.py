@@ -183,7 +183,7 @@ def summary_lines(metrics: dict) -> str:
         lines.append(f"  {run}: validation loss {summary['initial_val_loss']:.3f} -> {summary['best_val_loss']:.3f}")
     for row in metrics.get("03_generations", {}).get("per_emotion", []):
         if row["mode"] == "greedy":
-            lines.append(f"  {row['emotion']}: target-emotion probability {row['p_target_base']:.2f} (base) -> {row['p_target_irm']:.2f} (IRM), "
+            lines.append(f"  {row['emotion']} ({row['recipe']}): target-emotion probability {row['p_target_base']:.2f} (base) -> {row['p_target_irm']:.2f} (IRM), "
                          f"perplexity x{row['perplexity_ratio']:.2f}")
     analysis = metrics.get("04_vertical_continuity", {})
     if analysis:
@@ -208,7 +208,11 @@ def run_record(profile, force: bool = False) -> dict:
         record = {"run": time.strftime("%Y%m%dT%H%M%S"), **state, "precision": precision_request(precision),
                   "precision_reason": precision.reason, "profile_overrides": overrides_from_env()}
         write_json(path, record)
-        update_metrics(profile.figure_dir / "metrics.json", "run", record)
+        # A new run starts its metrics afresh: a section an earlier run wrote and this one does not
+        # (a removed measurement) must not stay beside this run's numbers.
+        metrics = profile.figure_dir / "metrics.json"
+        metrics.unlink(missing_ok=True)
+        update_metrics(metrics, "run", record)
     os.environ.update({"IRM_RUN_ID": record["run"], "IRM_RUN_COMMIT": record["commit"], "IRM_RUN_CLEAN": str(record["clean"]),
                        "IRM_PRECISION": record["precision"]})
     return record

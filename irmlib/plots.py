@@ -93,16 +93,18 @@ def tradeoff(table) -> plt.Figure:
 
 
 def alignment_bars(summary) -> plt.Figure:
-    """Target-emotion probability, base vs IRM, per emotion, with 95% intervals (greedy)."""
+    """Target-emotion probability, base vs IRM, per emotion (and recipe, where the summary has a
+    `recipe` column with several), with 95% intervals (greedy)."""
     greedy = summary[summary["mode"] == "greedy"]
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    several = "recipe" in greedy and greedy.recipe.nunique() > 1
+    fig, ax = plt.subplots(figsize=(7 + 2 * several, 3.8))
     x = np.arange(len(greedy))
     for offset, who, color in ((-0.2, "base", "#999999"), (0.2, "irm", "#c0392b")):
         mean = greedy[f"p_target_{who}"].to_numpy()
         err = np.vstack([mean - greedy[f"p_target_{who}_low"].to_numpy(), greedy[f"p_target_{who}_high"].to_numpy() - mean])
         ax.bar(x + offset, mean, width=0.4, yerr=err, capsize=3, color=color, label="base host" if who == "base" else "with IRM")
-    ax.set_xticks(x, greedy.emotion)
-    ax.set(xlabel="target emotion", ylabel="judge probability of the target (0-1)", ylim=(0, 1), title="Alignment, greedy generations")
+    ax.set_xticks(x, [f"{r.emotion}\n({r.recipe})" for r in greedy.itertuples()] if several else greedy.emotion)
+    ax.set(xlabel="target emotion (recipe)" if several else "target emotion", ylabel="judge probability of the target (0-1)", ylim=(0, 1), title="Alignment, greedy generations")
     ax.legend()
     return fig
 

@@ -49,6 +49,7 @@ class AnalysisConfig:
     random_controls: PositiveInt = 3  # 05: random indices probed beside the dominant one
     probe_texts: PositiveInt = 16  # 02, 06: validation texts the striation tracker and host-side probes read
     gradient_batches: PositiveInt = 4  # 06: batches of the gradient-sign prediction
+    prediction_set_size: PositiveInt = 10  # 06: the indices each hypothesis names before training (chance k / hidden per run)
     top_k: PositiveInt = 5  # 04-06: top-k agreement and vertical continuity
     min_scored_texts: PositiveInt = 10  # 03, 05, 06: a tone verdict needs at least this many prompts whose texts are both scored
     # The fluency gate (irmlib.gate.GateRules: what each threshold means), set on the dev split of
@@ -123,10 +124,11 @@ class Profile:
     max_new_tokens: PositiveInt = 48
     n_eval_prompts: PositiveInt = 24
     retrain_emotions: tuple[str, ...] | None = None  # notebook 05's masked retraining (None: all emotions)
-    precision_check: tuple[str, ...] = ()  # runs notebook 02 trains again in float32 to compare (where bf16 applies)
+    precision_check: tuple[str, ...] = ()  # runs `./reproduce.sh bench --precision-check` trains again in float32 (where bf16 applies)
     squad_rows: PositiveInt | None = None  # paper profile: questions taken from SQuAD (None: all)
     squad_source: str | None = None  # a local SQuAD-format JSON file; None: the hub's rajpurkar/squad_v2
     mechanism: dict | None = None  # notebook 06: step budget and arms (overrides of this profile per arm)
+    tone_arm: str | None = None  # notebook 03: the mechanism arm whose runs (first seed, every emotion) it scores beside 02's
     regime: dict | None = None  # notebook 07: the regime map's arms, rates, schedules and step budget (irmlib.studies.regime)
     notebooks: tuple[str, ...] = NOTEBOOKS  # what ./reproduce.sh runs with this profile
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # the `analysis:` section
@@ -145,6 +147,9 @@ class Profile:
         unknown_notebooks = [name for name in self.notebooks if name not in NOTEBOOKS + STUDY_NOTEBOOKS]
         if unknown_notebooks or not self.notebooks:
             raise ValueError(f"notebooks: {unknown_notebooks or 'none'} given; choose from {', '.join(NOTEBOOKS + STUDY_NOTEBOOKS)}.")
+        arms = (self.mechanism or {}).get("arms", {})
+        if self.tone_arm is not None and self.tone_arm not in arms:
+            raise ValueError(f"tone_arm: '{self.tone_arm}' is not an arm of mechanism.arms; choose from {', '.join(arms) or 'none (add arms)'}.")
         runs_of_profile = {run_name(e, seed) for e in self.emotions for seed in self.seeds}
         unknown_runs = [name for name in self.precision_check if name not in runs_of_profile]
         if unknown_runs:

@@ -22,7 +22,7 @@ from .health import Probe, flag_label, index_settled, make_probe, run_flags
 from .host import Host, load_host
 from .irm import IRM, load_irm
 from .objective import make_paper_collate
-from .profile import profile_and_gpus
+from .profile import profile_and_gpus, with_overrides
 from .prompts import make_collate, tokenize
 from .train import TrainConfig, is_complete, read_done, read_history, read_tracking, train_irm
 
@@ -89,6 +89,29 @@ def run_health(run_dir, analysis) -> dict:
     return {**{key: summary.get(key) for key in ("yardstick_host", "yardstick_start", "yardstick_end", "initial_val_loss",
                                                  "best_val_loss", "last_val_loss")},
             **flags, "peak_output_rms_ratio": peak, **index_settled(tracking, analysis.settled_window), "flag": flag_label(flags)}
+
+
+def arm_profiles(profile) -> dict:
+    """Notebook 06's arms as profiles: the profile, then `mechanism.base`, then each arm's overrides.
+
+    mechanism: {base: {...}, arms: {name: {...}}, replicated: [arm names run for every emotion and
+    seed in `emotions` x `seeds`], emotions: [...], seeds: [...]}; the other arms run once, on the
+    first emotion and seed.
+    """
+    spec = profile.mechanism or {}
+    if not spec.get("arms"):
+        raise ValueError(f"Profile '{profile.name}' has no mechanism.arms: notebook 06 needs them (see irmlib/profiles/cpu.yaml).")
+    base = with_overrides(profile, spec.get("base", {}))
+    return {name: with_overrides(base, overrides) for name, overrides in spec["arms"].items()}
+
+
+def arm_variant(profile, arm_profile, arm: str) -> str:
+    """The run name suffix of an arm: none when it trains exactly as the profile's own runs
+    (notebook 02's), so the two notebooks share those runs."""
+    same = (train_config(arm_profile, 0) == train_config(profile, 0)
+            and (arm_profile.prompt_format, arm_profile.loss_on, arm_profile.data_limit)
+            == (profile.prompt_format, profile.loss_on, profile.data_limit))
+    return "" if same else f"arm{arm}"
 
 
 # The part of run_health that notebooks 02 and 06 show beside each run.

@@ -105,31 +105,32 @@ def test_instrument_claims_need_every_threshold():
 
 def test_training_claims_hold_fail_and_say_not_tested_without_a_second_precision():
     summaries = {"anger-seed0": {"initial_val_loss": 10.0, "best_val_loss": 4.0}, "sadness-seed0": {"initial_val_loss": 9.0, "best_val_loss": 9.5}}
+    assert by_number(training.claims(summaries, ANALYSIS)) == {"1": NOT_HELD}
+    assert by_number(training.claims({"anger-seed0": summaries["anger-seed0"]}, ANALYSIS)) == {"1": HELD}
     table = pd.DataFrame({"anger-seed0": {"precision": "cpu-bf16-autocast", "best_val_loss": 4.0, "best_val_loss float32": 4.02,
                                           "relative_difference": 0.005, "dominant_index": 7, "dominant_index float32": 7},
                           "sadness-seed0": {"precision": "cpu-bf16-autocast", "best_val_loss": 4.0, "best_val_loss float32": 4.2,
                                             "relative_difference": 0.048, "dominant_index": 7, "dominant_index float32": 7}}).T
-    verdicts = by_number(training.claims(summaries, table, ANALYSIS))
-    assert verdicts == {"1": NOT_HELD, "2, anger-seed0": HELD, "2, sadness-seed0": NOT_HELD}
-    only_lowered = {"anger-seed0": summaries["anger-seed0"]}
-    assert by_number(training.claims(only_lowered, pd.DataFrame(), ANALYSIS)) == {"1": HELD, "2": NOT_TESTED}
+    verdicts = by_number(training.precision_claims(table, ANALYSIS))
+    assert verdicts == {"dtype, anger-seed0": HELD, "dtype, sadness-seed0": NOT_HELD}
+    assert by_number(training.precision_claims(pd.DataFrame(), ANALYSIS)) == {"dtype": NOT_TESTED}
     # Without tracking there is no dominant index to compare: close losses cannot tell, far ones fail on their own.
     untracked = table.assign(**{"dominant_index": None, "dominant_index float32": None})
-    verdicts = by_number(training.claims(summaries, untracked, ANALYSIS))
-    assert verdicts["2, anger-seed0"] == NOT_TESTED and verdicts["2, sadness-seed0"] == NOT_HELD
-    assert "not tracked" in training.claims(summaries, untracked, ANALYSIS)[1].evidence
+    verdicts = by_number(training.precision_claims(untracked, ANALYSIS))
+    assert verdicts["dtype, anger-seed0"] == NOT_TESTED and verdicts["dtype, sadness-seed0"] == NOT_HELD
+    assert "not tracked" in training.precision_claims(untracked, ANALYSIS)[0].evidence
 
 
 def test_the_health_claim_fails_on_any_flagged_run():
     row = {"yardstick_host": 3.0, "yardstick_end": 3.2, "initial_val_loss": 10.0, "last_val_loss": 4.0, "flag": "ok"}
     healthy = pd.DataFrame({"anger-seed0": row, "sadness-seed0": row}).T
-    assert by_number([training.health_claim(healthy, ANALYSIS)]) == {"3": HELD}
+    assert by_number([training.health_claim(healthy, ANALYSIS)]) == {"2": HELD}
     damaged = healthy.copy()
     damaged.loc["sadness-seed0", ["yardstick_end", "flag"]] = [9.0, "host damaged"]
     claim = training.health_claim(damaged, ANALYSIS)
-    assert by_number([claim]) == {"3": NOT_HELD} and "1 of 2 runs flagged" in claim.evidence and "3.000 (host) -> 9.000" in claim.evidence
+    assert by_number([claim]) == {"2": NOT_HELD} and "1 of 2 runs flagged" in claim.evidence and "3.000 (host) -> 9.000" in claim.evidence
     unmeasured = healthy.assign(flag="not measured")
-    assert by_number([training.health_claim(unmeasured, ANALYSIS)]) == {"3": NOT_TESTED}
+    assert by_number([training.health_claim(unmeasured, ANALYSIS)]) == {"2": NOT_TESTED}
 
 
 # ----- 03 -----

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from irmlib.studies.generations import alignment_summary, alpha_sweep, side_by_side
+from irmlib.claims import HELD, NOT_HELD
+from irmlib.profile import load_profile
+from irmlib.studies.generations import alignment_summary, alpha_sweep, claims, recipe_summary, side_by_side, tone_irms
 
 
 def test_alignment_summary_compares_base_and_irm_per_emotion():
@@ -35,6 +37,34 @@ def test_alignment_summary_compares_base_and_irm_per_emotion():
     # With 2 texts enough, seed 0 (+0.7, +0.7) raised it and seed 1 (+0.5, +0.4) did not clearly.
     per_seed = alignment_summary(scored, ("anger",), min_scored=2).iloc[0]
     assert per_seed.verdict_per_seed == "seed 0: raised; seed 1: did not clearly change" and not per_seed.seeds_agree
+
+
+def test_each_recipe_is_summarised_on_its_own_runs():
+    scored = pd.DataFrame({
+        "model": ["base", "base", "anger-seed0", "anger-seed0", "anger-seed0-armB", "anger-seed0-armB"],
+        "mode": ["greedy"] * 6, "question": ["q1", "q2"] * 3, "p_anger": [0.1, 0.2, 0.15, 0.2, 0.8, 0.9],
+        "perplexity": [5.0] * 6, "distinct_2": [1.0] * 6, "gate": ["fluent"] * 4 + ["fluent"] * 2, "too_short": [False] * 6,
+    })
+    profile = load_profile("smoke", emotions=["anger"])
+    summary = recipe_summary(scored, profile, min_scored=2).set_index("recipe")
+    # 02's runs and arm B's (the tone arm) read apart, each against the same base texts.
+    assert summary.loc["profile", "p_target_irm"] == pytest.approx(0.175) and summary.loc["profile", "n_irm"] == 2
+    assert summary.loc["arm B", "p_target_irm"] == pytest.approx(0.85) and summary.loc["arm B", "verdict"] == "raised"
+    verdicts = {claim.number: claim.verdict for claim in claims(summary.reset_index())}
+    assert verdicts["1, profile anger"] == NOT_HELD and verdicts["1, arm B anger"] == HELD
+    assert list(recipe_summary(scored, load_profile("smoke", emotions=["anger"], tone_arm=None), 2).recipe) == ["profile"]
+
+
+def test_the_tone_arm_trains_the_runs_notebook_06_reads(embedded_host, smoke_root):
+    from irmlib.data import profile_rows
+    from irmlib.runs import run_dir
+
+    profile = load_profile("smoke")
+    irms = tone_irms(embedded_host, profile, profile_rows(profile))
+    assert list(irms) == [f"{e}-seed0-armB" for e in profile.emotions]
+    assert all((run_dir(profile, e, 0, "armB") / "done.json").exists() for e in profile.emotions)
+    with pytest.raises(ValueError, match="prompt format"):
+        tone_irms(embedded_host, load_profile("smoke", tone_arm="F"), [])
 
 
 def test_side_by_side_cuts_long_texts_and_keeps_the_column_order():

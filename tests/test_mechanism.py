@@ -13,14 +13,16 @@ import torch
 
 from conftest import striated, tiny_tokenizer
 from irmlib.irm import IRM, IRMConfig
-from irmlib.claims import HELD
+from irmlib.claims import HELD, NOT_HELD, NOT_TESTED
 from irmlib.objective import make_paper_collate
 from irmlib.profile import load_profile
 from irmlib.residual import norm_gains
 from irmlib.runs import run_name
-from irmlib.studies.mechanism import (arm_profiles, arm_runs, arm_summary, arm_tone, arm_variant, curve_verdict, frequency_alignment,
-                                      gradient_sign_consistency, index_profile, prediction_sets, predictions, set_hits,
-                                      token_counts)
+from irmlib.profile_runs import arm_profiles, arm_variant
+from irmlib.studies.mechanism import (arm_runs, arm_summary, arm_tone, curve_verdict, effect_claim,
+                                      frequency_alignment, gradient_sign_consistency, index_profile, layer_subset_claim,
+                                      layer_subset_summary, prediction_sets, predictions, run_effects, set_claims, set_hits,
+                                      subset_arms, token_counts)
 from irmlib.scoring import tone_table
 from train_tiny import tiny_rows
 
@@ -65,7 +67,9 @@ def test_norm_gains_frequency_alignment_and_predictions(tiny_host):
 def test_arms_of_the_cpu_profile():
     profile = load_profile("cpu")
     arms = arm_profiles(profile)
-    assert set(arms) == {"A", "B", "C", "D", "E", "F"}
+    assert set(arms) == {"A", "B", "C", "D", "E", "F", *LAYER_SUBSETS}
+    assert {name: list(arms[name].irm["injected_layers"]) for name in LAYER_SUBSETS} == LAYER_SUBSETS
+    assert all(arms[name].train.objective_spec == arms["A"].train.objective_spec for name in LAYER_SUBSETS)
     spec = {name: arm.train.objective_spec for name, arm in arms.items()}
     assert (spec["A"].label_shift, spec["A"].pad_in_loss) == (2, True)
     assert (spec["B"].label_shift, spec["B"].pad_in_loss) == (1, False)
@@ -77,14 +81,20 @@ def test_arms_of_the_cpu_profile():
     assert len({(arm.train.max_steps, arm.train.lr) for arm in ablations}) == 1  # the same budget
     tone_recipe = arms["F"]  # the reference: chat template, loss on the answer, zero init, the paper's lr
     assert (tone_recipe.prompt_format, tone_recipe.loss_on, tone_recipe.irm["init"], tone_recipe.train.lr) == ("chat", "answer", "zero", 1e-4)
+    # F keeps the companion's first tone recipe: the paper's step decay, no warmup, no clipping.
+    assert (tone_recipe.train.decay, tone_recipe.train.warmup_steps, tone_recipe.train.clip_grad_norm) == ("step", 0, None)
+    assert (arms["A"].train.decay, arms["A"].train.warmup_steps, arms["A"].train.clip_grad_norm) == ("cosine", 15, 1.0)
     runs = arm_runs(profile)
     assert len(runs) == len(set(runs)) and {r[0] for r in runs} == set(arms)
-    assert sum(r[0] == "A" for r in runs) >= 4 and sum(r[0] == "C" for r in runs) == 1
+    assert sum(r[0] == "A" for r in runs) == 4 and sum(r[0] == "B" for r in runs) == 4
+    assert all(sum(r[0] == arm for r in runs) == 3 for arm in "CDE") and all(sum(r[0] == arm for r in runs) == 2 for arm in LAYER_SUBSETS)
     # An arm that trains exactly as the profile's own runs shares them (no variant); others get their own.
     assert arm_variant(profile, arms["B"], "B") == "armB"
     assert arm_variant(profile, arms["A"], "A") == ""
     with pytest.raises(ValueError, match="mechanism.arms"):
-        arm_profiles(replace(profile, mechanism=None))
+        arm_profiles(replace(profile, mechanism=None, tone_arm=None))
+    with pytest.raises(ValueError, match="tone_arm: 'Z' is not an arm"):
+        replace(profile, tone_arm="Z")
 
 
 LAYER_SUBSETS = {"L0-7": list(range(8)), "L24-29": list(range(24, 30)), "Levery4": list(range(0, 30, 4))}
@@ -96,7 +106,7 @@ def test_arms_can_run_a_stated_number_of_times_and_over_layer_subsets():
                                   **{name: {"objective": "paper_code", "injected_layers": layers} for name, layers in LAYER_SUBSETS.items()}},
             "replicated": ["A"], "runs": {"C": 3, "L0-7": 2, "L24-29": 2, "Levery4": 2},
             "emotions": ["anger", "sadness"], "seeds": [0, 1]}
-    with_subsets = replace(profile, mechanism=spec)
+    with_subsets = replace(profile, mechanism=spec, tone_arm=None)
     runs = arm_runs(with_subsets)
     assert [r for r in runs if r[0] == "C"] == [("C", "anger", 0), ("C", "anger", 1), ("C", "sadness", 0)]
     assert [r for r in runs if r[0] == "L24-29"] == [("L24-29", "anger", 0), ("L24-29", "anger", 1)]  # one emotion, two seeds
@@ -106,9 +116,9 @@ def test_arms_can_run_a_stated_number_of_times_and_over_layer_subsets():
     names = {run_name(emotion, seed, arm_variant(with_subsets, arms[arm], arm)) for arm, emotion, seed in runs if arm.startswith("L")}
     assert names == {f"anger-seed{seed}-arm{arm}" for arm in LAYER_SUBSETS for seed in (0, 1)}
     with pytest.raises(ValueError, match="not arms"):
-        arm_runs(replace(profile, mechanism=spec | {"runs": {"Z": 2}}))
+        arm_runs(replace(profile, mechanism=spec | {"runs": {"Z": 2}}, tone_arm=None))
     with pytest.raises(ValueError, match="from 1 to 4"):
-        arm_runs(replace(profile, mechanism=spec | {"runs": {"C": 5}}))
+        arm_runs(replace(profile, mechanism=spec | {"runs": {"C": 5}}, tone_arm=None))
 
 
 def test_prediction_sets_and_their_hits_against_chance():
@@ -122,6 +132,55 @@ def test_prediction_sets_and_their_hits_against_chance():
     assert hits.loc["b_smallest_final_norm_gain", "hits"] == 0 and hits.loc["b_smallest_final_norm_gain", "p_value"] == 1.0
     many = set_hits({"s": [7]}, {f"r{i}": 7 for i in range(4)}, hidden=576)
     assert many.loc["s", "verdict"] == HELD and many.loc["s", "p_value"] < 1e-9
+    claims = {claim.number: claim for claim in set_claims(pd.concat([hits, many]))}
+    assert claims["3, set s"].verdict == HELD and "4 of 4 runs (r0, r1, r2, r3)" in claims["3, set s"].evidence
+    assert claims["3, set b_smallest_final_norm_gain"].verdict == NOT_HELD and "0 of 3 runs (none)" in claims["3, set b_smallest_final_norm_gain"].evidence
+
+
+def subset_result(arm: str, seed: int, index: int, flag: str = "ok") -> dict:
+    return {"run": f"{arm}:anger-seed{seed}", "arm": arm, "emotion": "anger", "seed": seed, "flag": flag, "dominant_index": index,
+            "index_share": 0.4, "layer_share": 0.1}
+
+
+def test_layer_subset_arms_are_read_against_arm_a_on_the_same_runs():
+    profile = load_profile("cpu")
+    spec = {"base": {}, "arms": {"A": {"objective": "paper_code"}, "B": {"objective": "fixed"},
+                                  **{name: {"objective": "paper_code", "injected_layers": layers} for name, layers in LAYER_SUBSETS.items()}},
+            "replicated": ["A"], "emotions": ["anger", "sadness"], "seeds": [0, 1]}
+    with_subsets = replace(profile, mechanism=spec)
+    assert subset_arms(with_subsets) == list(LAYER_SUBSETS)
+    arms = arm_profiles(with_subsets)
+    results = [subset_result("A", 0, 507), subset_result("A", 1, 507), subset_result("B", 0, 9),
+               subset_result("A", 0, 99) | {"run": "A:sadness-seed0", "emotion": "sadness"},
+               subset_result("L24-29", 0, 507), subset_result("L24-29", 1, 507), subset_result("L0-7", 0, 507, "host damaged")]
+    table = layer_subset_summary(results, arms, ["L0-7", "L24-29"])
+    # A's runs on the subsets' emotions and seeds only; B and A's sadness run are not compared.
+    assert list(table.index) == ["A:anger-seed0", "A:anger-seed1", "L24-29:anger-seed0", "L24-29:anger-seed1", "L0-7:anger-seed0"]
+    assert table.loc["A:anger-seed0", "layers"] == "all" and table.loc["L24-29:anger-seed0", "layers"] == "24, 25, 26, 27, 28, 29"
+    claim = layer_subset_claim(table, hidden=576)
+    assert claim.verdict == HELD and "L0-7:anger-seed0 (layers 0, 1, 2, 3, 4, 5, 6, 7): 507, host damaged, not counted" in claim.evidence
+    moved = layer_subset_summary(results[:-1] + [subset_result("L0-7", 0, 12)], arms, ["L0-7", "L24-29"])
+    assert layer_subset_claim(moved, hidden=576).verdict == NOT_HELD
+    # One arm's unflagged runs alone cannot say whether the index depends on the layers.
+    alone = layer_subset_summary([subset_result("L24-29", 0, 507), subset_result("L24-29", 1, 507)], arms, ["L24-29"])
+    assert layer_subset_claim(alone, hidden=576).verdict == NOT_TESTED
+    assert layer_subset_claim(pd.DataFrame(), hidden=576).verdict == NOT_TESTED
+
+
+def test_the_effect_claim_reads_unflagged_runs_only():
+    def record(masked: float, verdict: str) -> dict:
+        conditions = {c: {"entropy": 2.0, "index_share": 0.01} for c in ("host", "irm", "only", "masked", "moved")}
+        return {"index": 5, "moved_to": 6, "conditions": conditions, "temperature": {"share": 0.5}, "verdict": verdict,
+                "shares": {"distribution": {"irm_change": 3.0, "only": 1 - masked, "masked": masked, "moved": 0.9}}}
+
+    results = [{"run": "A:anger-seed0", "arm": "A", "flag": "ok", "dominant_index_effect": record(0.99, "inert (d)")},
+               {"run": "A:anger-seed1", "arm": "A", "flag": "host damaged", "dominant_index_effect": record(0.1, "norm knob (b)")},
+               {"run": "B:anger-seed0", "arm": "B", "flag": "ok"}]  # not measured
+    effects = run_effects(results)
+    assert list(effects.index) == ["A:anger-seed0", "A:anger-seed1"] and list(effects.flag) == ["ok", "host damaged"]
+    claim = effect_claim(effects, much=0.5)
+    assert claim.verdict == NOT_HELD and "A:anger-seed1" not in claim.evidence and "masked keeps 0.990" in claim.evidence
+    assert effect_claim(effects.drop("A:anger-seed0"), much=0.5).verdict == NOT_TESTED
 
 
 def test_arm_summary_and_curve_verdict():
@@ -137,13 +196,14 @@ def test_arm_summary_and_curve_verdict():
     assert arm_summary(results + [damaged], hidden=20, k=5) == summary | {"flagged": {"bad": "host damaged"}}
     nothing = arm_summary([damaged], hidden=20, k=5)
     assert nothing["runs"] == 0 and nothing["shared_dominant_index"] is None and np.isnan(nothing["index_share"])
-    assert summary["pairs"] == 3 and summary["top1_chance"] == 1 / 20 and summary["top5_chance"] == 5 / 20
+    assert summary["pairs"] == 3 and summary["top1_agreeing_pairs"] == 3 and summary["top1_chance"] == 1 / 20 and summary["top5_chance"] == 5 / 20
     assert summary["dominant_indices"] == [3, 3, 3]
     assert np.isnan(arm_summary(results[:1], hidden=20)["top1_agreement"])
     apart = [results[0] | {"run": f"s{i}", "matrix": striated(index=index, seed=i), "dominant_index": index}
              for i, index in enumerate((3, 9))]
     disagreeing = arm_summary(apart, hidden=20, k=5)
     assert disagreeing["shared_dominant_index"] is None and disagreeing["top1_agreement"] == 0.0 and disagreeing["pairs"] == 1
+    assert disagreeing["top1_agreeing_pairs"] == 0
     flat = pd.DataFrame({"run": ["a"] * 4, "step": [0, 10, 20, 30], "index_share": [0.1, 0.5, 0.505, 0.51]})
     rising = flat.assign(index_share=[0.1, 0.2, 0.3, 0.4])
     assert curve_verdict(flat)["curve"] == "had flattened" and curve_verdict(rising)["curve"] == "was still moving"

@@ -42,8 +42,14 @@ def test_rerun_skips_done_stages_and_force_reruns(root, capsys):
     (out_dir / "01_data.done").unlink()  # as if killed before the marker was written
     pipeline.main(["--profile", "smoke"])
     assert "[01_data] done in" in capsys.readouterr().out
+    # A new run (--force) starts its metrics afresh: an earlier run's section does not survive it.
+    metrics = root / "figures" / "smoke" / "metrics.json"
+    earlier = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps(earlier | {"02_precision_check": {}}))
     pipeline.main(["--profile", "smoke", "--force"])
     assert "[01_data] done in" in capsys.readouterr().out
+    fresh = json.loads(metrics.read_text())
+    assert set(fresh) == {"run"}
 
 
 @pytest.mark.slow
@@ -154,7 +160,7 @@ def test_metrics_sections_are_checked_against_the_schema(tmp_path):
         update_metrics(path, "07_extra", {})
     with pytest.raises(MetricsSchemaError, match="'best_val_loss' of run 'anger-seed0'"):
         update_metrics(path, "02_train", {"anger-seed0": {"initial_val_loss": 5.0, "steps": 3}})
-    row = {"emotion": "anger", "mode": "greedy", "p_target_base": 0.1, "p_target_irm": 0.2, "p_target_change": 0.1,
+    row = {"recipe": "profile", "emotion": "anger", "mode": "greedy", "p_target_base": 0.1, "p_target_irm": 0.2, "p_target_change": 0.1,
            "p_target_change_low": 0.0, "p_target_change_high": 0.2, "verdict": "raised"}
     with pytest.raises(MetricsSchemaError, match="'perplexity_ratio' of a 'per_emotion' row"):
         update_metrics(path, "03_generations", {"judge_cv_accuracy": 0.8, "prompts": 4, "per_emotion": [row], "alpha_sweep": []})

@@ -4,7 +4,8 @@ datasheet) show, and its claims.
 Counts by split, openings (how varied the rewrites begin), distinctive words per tone, how well a
 bag-of-words classifier tells the tones apart, length-matched subsets, whether the emotion judge
 reads length rather than tone, and both instruments measured on the test split of
-data/judge_eval: the judge's accuracy and recall per label, the fluency gate's precision and recall.
+data/judge_eval (or on its fresh set, `split="fresh"`): the judge's accuracy and recall per label,
+the fluency gate's precision and recall.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from ..claims import Claim, verdict
-from ..data import EMOTIONS, SPLITS
+from ..data import EMOTIONS, SPLITS, load_judge_eval
 from ..judge import EmotionJudge
 from ..scoring import mean_ci
 
@@ -118,27 +119,60 @@ def proportion(successes: int, trials: int) -> dict:
     return {"value": successes / trials, "low": float(interval.low), "high": float(interval.high), "n": trials}
 
 
-def judge_eval(judge: EmotionJudge, rows: list[dict]) -> dict:
-    """The judge on labelled texts (data/judge_eval/tone.jsonl's test split): accuracy and recall
-    per label with 95% Wilson intervals, unscored texts counted wrong; the confusion counts
-    {true: {judged: n}}; the number unscored."""
+EVAL_SPLITS = ("dev", "test", "fresh")
+
+
+def eval_rows(split: str = "test") -> tuple[list[dict], list[dict]]:
+    """The (tone, gate) rows of data/judge_eval the instruments are measured on: the "test" or
+    "dev" split of tone.jsonl and gate.jsonl, or "fresh": all of tone_fresh.jsonl and
+    gate_fresh.jsonl (held out from everything, read once; data/judge_eval/README.md)."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"judge evaluation split '{split}' unknown; choose one of {', '.join(EVAL_SPLITS)}.")
+    tone, gate = ("tone_fresh", "gate_fresh") if split == "fresh" else ("tone", "gate")
+    return ([row for row in load_judge_eval(tone) if row["split"] == split],
+            [row for row in load_judge_eval(gate) if row["split"] == split])
+
+
+def judge_eval(judge: EmotionJudge, rows: list[dict] | None = None, by: tuple[str, ...] = (), split: str = "test") -> dict:
+    """The judge on labelled texts (`rows`; without them, the tone rows of `split`, see
+    `eval_rows`: data/judge_eval/tone.jsonl's test split by default, "fresh" for tone_fresh.jsonl):
+    accuracy and recall per label with 95% Wilson intervals, unscored texts counted wrong; the
+    confusion counts {true: {judged: n}}; the number unscored. With `by` (row fields such as
+    "source", "hard_case"), also "by": {field: {value: {"correct", "texts", "accuracy"}}}."""
+    if rows is None:
+        rows = eval_rows(split)[0]
     labels = np.asarray([row["label"] for row in rows])
     judged = judged_labels(judge, [row["text"] for row in rows])
     accuracy = proportion(int((judged == labels).sum()), len(rows))
     recall = {label: proportion(int(((judged == labels) & (labels == label)).sum()), int((labels == label).sum()))
               for label in judge.labels}
     confusion = {label: dict(Counter(judged[labels == label].tolist())) for label in judge.labels}
-    return {"texts": len(rows), "accuracy": accuracy["value"], "accuracy_interval": [accuracy["low"], accuracy["high"]],
-            "recall": {label: r["value"] for label, r in recall.items()},
-            "recall_interval": {label: [r["low"], r["high"]] for label, r in recall.items()},
-            "confusion": confusion, "unscored": int((judged == "unscored").sum())}
+    measure = {"texts": len(rows), "accuracy": accuracy["value"], "accuracy_interval": [accuracy["low"], accuracy["high"]],
+               "recall": {label: r["value"] for label, r in recall.items()},
+               "recall_interval": {label: [r["low"], r["high"]] for label, r in recall.items()},
+               "confusion": confusion, "unscored": int((judged == "unscored").sum())}
+    if by:
+        correct = judged == labels
+        measure["by"] = {}
+        for field in by:
+            values = np.asarray([row[field] for row in rows])
+            measure["by"][field] = {value: {"correct": int(correct[values == value].sum()), "texts": int((values == value).sum()),
+                                            "accuracy": float(correct[values == value].mean())}
+                                    for value in sorted(set(values.tolist()))}
+    return measure
 
 
-def gate_eval(judge: EmotionJudge, gate_rows: list[dict], tone_rows: list[dict]) -> dict:
+def gate_eval(judge: EmotionJudge, gate_rows: list[dict] | None = None, tone_rows: list[dict] | None = None,
+              split: str = "test") -> dict:
     """The fluency gate (`judge.gate`, the rules and the word-salad probe) on hand-labelled texts
-    (data/judge_eval/gate.jsonl's test split), degenerate the positive class: precision and recall
-    with 95% Wilson intervals, the accuracy over the three labels, the texts it got wrong, and the
-    false-degenerate rate on tone texts (all fluent)."""
+    (`gate_rows`; without them, the gate rows of `split`, see `eval_rows`: data/judge_eval/gate.jsonl's
+    test split by default, "fresh" for gate_fresh.jsonl), degenerate the positive class: precision
+    and recall with 95% Wilson intervals, the accuracy over the three labels, the texts it got wrong,
+    and the false-degenerate rate on tone texts (all fluent; `tone_rows`, else those of `split`)."""
+    if gate_rows is None or tone_rows is None:
+        tone_of_split, gate_of_split = eval_rows(split)
+        gate_rows = gate_of_split if gate_rows is None else gate_rows
+        tone_rows = tone_of_split if tone_rows is None else tone_rows
     truth = np.asarray([row["label"] for row in gate_rows])
     gated = np.asarray(judge.gate([row["text"] for row in gate_rows]))
     hits = int(((gated == "degenerate") & (truth == "degenerate")).sum())

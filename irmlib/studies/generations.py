@@ -11,11 +11,14 @@ from ..claims import Claim, NOT_TESTED, fmt, verdict
 from ..gate import GateRules
 from ..host import Host
 from ..judge import EmotionJudge
-from ..runs import is_run_of, parse_run_name
+from ..irm import IRM, load_irm
+from ..profile_runs import arm_profiles, arm_variant, run_probe, train_for_profile
+from ..runs import is_run_of, parse_run_name, read_checkpoint, run_name
 from ..scoring import generation_table, mean_ci, score_generations, target_change, text_quality
 
 
-def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int, rules: GateRules = GateRules()) -> pd.DataFrame:
+def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int, rules: GateRules = GateRules(),
+                      variant: str = "") -> pd.DataFrame:
     """Per target emotion and mode: the target-emotion probability of base and IRM generations
     (mean and 95% interval over scored prompts, and seeds for the IRM), the paired change and its
     verdict (`change_verdict`, "not tested" under `min_scored` scored texts), the verdict of each
@@ -25,13 +28,14 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
     statistic), mean distinct-2, and `text` (text_quality from the gate: fluent or degenerate).
 
     scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
-    `perplexity`, `distinct_2`, `gate`, `too_short`.
+    `perplexity`, `distinct_2`, `gate`, `too_short`. variant: the runs read (runs.run_name's
+    variant: "" for notebook 02's, "armB" for arm B's); the others are left out.
     """
     records = []
     for emotion in emotions:
         for mode, part in scored.groupby("mode"):
             base = part[part.model == "base"]
-            irm = part[[is_run_of(model, emotion) for model in part.model]]
+            irm = part[[is_run_of(model, emotion) and parse_run_name(model).variant == variant for model in part.model]]
             record = {"emotion": emotion, "mode": mode}
             for who, frame in (("base", base), ("irm", irm)):
                 mean, low, high = mean_ci(frame[f"p_{emotion}"])
@@ -47,6 +51,36 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
                        "text": text_quality(irm.gate, rules), "n_irm": len(irm)}
             records.append(record)
     return pd.DataFrame(records)
+
+
+def tone_irms(host: Host, profile, rows: list[dict]) -> dict[str, IRM]:
+    """The IRMs of the profile's `tone_arm` (a notebook-06 arm: the fluent tone recipe) for every
+    emotion at the first seed, by run name ("anger-seed0-armB"), trained here where missing, in the
+    run directories notebook 06 reads (irmlib.profile_runs.arm_variant), each measured on its
+    emotion's probe as every run is. Empty without a tone arm. The arm must prompt as the profile
+    does: notebook 03 generates every model from one prompt format."""
+    if profile.tone_arm is None:
+        return {}
+    arm_profile = arm_profiles(profile)[profile.tone_arm]
+    if arm_profile.prompt_format != profile.prompt_format:
+        raise ValueError(f"tone_arm '{profile.tone_arm}' prompts as '{arm_profile.prompt_format}', the profile as "
+                         f"'{profile.prompt_format}': choose an arm with the profile's prompt format.")
+    variant, seed = arm_variant(profile, arm_profile, profile.tone_arm), profile.seeds[0]
+    irms = {}
+    for emotion in profile.emotions:
+        train_for_profile(host, arm_profile, emotion, seed, rows, progress=False, variant=variant, probe=run_probe(host, profile, emotion, rows))
+        irms[run_name(emotion, seed, variant)] = load_irm(read_checkpoint(profile, emotion, seed, variant), host, device=host.device).eval()
+    return irms
+
+
+def recipe_summary(scored: pd.DataFrame, profile, min_scored: int, rules: GateRules = GateRules()) -> pd.DataFrame:
+    """`alignment_summary` of notebook 02's runs (recipe "profile") and, where the profile has a
+    `tone_arm`, of that arm's runs (recipe "arm <name>"), one below the other with a `recipe` column."""
+    recipes = {"profile": ""}
+    if profile.tone_arm is not None:
+        recipes[f"arm {profile.tone_arm}"] = arm_variant(profile, arm_profiles(profile)[profile.tone_arm], profile.tone_arm)
+    return pd.concat([alignment_summary(scored, profile.emotions, min_scored, rules, variant).assign(recipe=recipe)
+                      for recipe, variant in recipes.items()], ignore_index=True)
 
 
 def alpha_sweep(host: Host, judge: EmotionJudge, irms: dict, questions: list[str], alphas: tuple[float, ...],
@@ -105,20 +139,25 @@ def side_by_side(generations: pd.DataFrame, index: str, columns: str, order: lis
 
 
 def claims(summary: pd.DataFrame) -> list[Claim]:
-    """Notebook 03's claims, per emotion (greedy generations): (1) the IRM raises the target
-    emotion in fluent text: held where the paired change is "raised" and text_quality "fluent";
-    did not hold where it did not clearly change, was lowered, or came in degenerate text; not
-    tested where too few texts were scored. Seeds that disagree are named. (2) alignment costs
-    fluency, where it was raised: the median perplexity ratio above 1."""
+    """Notebook 03's claims, per recipe (`recipe_summary`; a summary without a `recipe` column is
+    one recipe) and emotion (greedy generations): (1) the IRM raises the target emotion in fluent
+    text: held where the paired change is "raised" and text_quality "fluent"; did not hold where it
+    did not clearly change, was lowered, or came in degenerate text; not tested where too few texts
+    were scored. Seeds that disagree are named. (2) alignment costs fluency, where it was raised:
+    the median perplexity ratio above 1."""
     found = []
-    greedy = summary[summary["mode"] == "greedy"].set_index("emotion")
-    for emotion, row in greedy.iterrows():
+    summary = summary if "recipe" in summary else summary.assign(recipe="profile")
+    greedy = summary[summary["mode"] == "greedy"]
+    several = greedy.recipe.nunique() > 1
+    for _, row in greedy.iterrows():
+        emotion = row.emotion
+        who = f"{row.recipe} {emotion}" if several else emotion
         if row.verdict.startswith(NOT_TESTED):
             held = None
         else:
             held = row.verdict == "raised" and row.text == "fluent"
         seeds = "" if row.seeds_agree else f" The seeds differ: {row.verdict_per_seed}."
-        found.append(Claim(f"1, {emotion}", f"The {emotion} IRM raises p({emotion}) in fluent text", verdict(held),
+        found.append(Claim(f"1, {who}", f"The {who} IRM raises p({emotion}) in fluent text", verdict(held),
                            f"p({emotion}) {fmt(row.p_target_base)} (base) -> {fmt(row.p_target_irm)} (IRM), paired change "
                            f"{fmt(row.p_target_change, signed=True)} [{fmt(row.p_target_change_low, signed=True)}, "
                            f"{fmt(row.p_target_change_high, signed=True)}] over "
@@ -128,5 +167,5 @@ def claims(summary: pd.DataFrame) -> list[Claim]:
     found.append(Claim("2", "Alignment costs fluency where the tone rose", verdict(None if raised.empty else bool((raised.perplexity_ratio > 1).all())),
                        "No emotion's target probability rose." if raised.empty else
                        "Median perplexity under the base host, IRM over base: "
-                       + ", ".join(f"{e} x{r.perplexity_ratio:.2f}" for e, r in raised.iterrows()) + "."))
+                       + ", ".join(f"{f'{r.recipe} ' if several else ''}{r.emotion} x{r.perplexity_ratio:.2f}" for _, r in raised.iterrows()) + "."))
     return found

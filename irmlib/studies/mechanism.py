@@ -17,13 +17,12 @@ from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
 from ..health import Probe
 from ..host import Host
-from ..index_effect import EffectRules, effect_record, measure_effect, next_gain_index
+from ..index_effect import EffectRules, carries_effect, effect_record, effect_table, measure_effect, next_gain_index
 from ..inject import Injection
 from ..irm import IRM, load_irm
 from ..judge import EmotionJudge
 from ..objective import lm_loss
-from ..profile import with_overrides
-from ..profile_runs import HEALTH_COLUMNS, run_health, train_config, train_for_profile
+from ..profile_runs import HEALTH_COLUMNS, arm_variant, run_health, train_for_profile
 from ..prompts import decode_tokens
 from ..scoring import tone_table
 from ..train import read_tracking
@@ -111,6 +110,15 @@ def set_hits(sets: dict[str, list[int]], dominant: dict[str, int], hidden: int, 
     return pd.DataFrame(rows).T
 
 
+def set_claims(hits: pd.DataFrame) -> list[Claim]:
+    """(3, set) per predicted set (`set_hits`): the runs' dominant indices fall in it more often
+    than chance (one-sided binomial, the set's verdict)."""
+    return [Claim(f"3, set {name}", f"The dominant index falls in hypothesis set {name} ({row.k} indices) more often than chance",
+                  row.verdict, f"{row.hits} of {plural(row.runs, 'run')} ({', '.join(row.hit_runs) or 'none'}) against "
+                               f"{row.expected_hits:.2f} expected (chance {row.chance:.4f} per run); one-sided binomial p {row.p_value:.3g}.")
+            for name, row in hits.iterrows()]
+
+
 def index_profile(host: Host, index: int, gains: pd.DataFrame, massive_ratio: np.ndarray, freq_alignment: np.ndarray,
                   top: int = 10) -> dict:
     """What the host does with one hidden index: its rank by smallest norm gain (1 = smallest), its
@@ -151,20 +159,6 @@ def eos_probability(host: Host, batch: dict, irm: IRM | None = None) -> float:
             injection.remove()
 
 
-def arm_profiles(profile) -> dict:
-    """Notebook 06's arms as profiles: the profile, then `mechanism.base`, then each arm's overrides.
-
-    mechanism: {base: {...}, arms: {name: {...}}, replicated: [arm names run for every emotion and
-    seed in `emotions` x `seeds`], emotions: [...], seeds: [...]}; the other arms run once, on the
-    first emotion and seed.
-    """
-    spec = profile.mechanism or {}
-    if not spec.get("arms"):
-        raise ValueError(f"Profile '{profile.name}' has no mechanism.arms: notebook 06 needs them (see irmlib/profiles/cpu.yaml).")
-    base = with_overrides(profile, spec.get("base", {}))
-    return {name: with_overrides(base, overrides) for name, overrides in spec["arms"].items()}
-
-
 def arm_runs(profile) -> list[tuple[str, str, int]]:
     """(arm, emotion, seed) of every run of notebook 06, replicated arms first.
 
@@ -183,15 +177,6 @@ def arm_runs(profile) -> list[tuple[str, str, int]]:
         raise ValueError(f"mechanism.runs: {bad}; each is a number of runs from 1 to {len(pairs)} (emotions x seeds).")
     runs = [(arm, emotion, seed) for arm in replicated for emotion, seed in pairs]
     return runs + [(arm, emotion, seed) for arm in arms if arm not in replicated for emotion, seed in pairs[:counts.get(arm, 1)]]
-
-
-def arm_variant(profile, arm_profile, arm: str) -> str:
-    """The run name suffix of an arm: none when it trains exactly as the profile's own runs
-    (notebook 02's), so the two notebooks share those runs."""
-    same = (train_config(arm_profile, 0) == train_config(profile, 0)
-            and (arm_profile.prompt_format, arm_profile.loss_on, arm_profile.data_limit)
-            == (profile.prompt_format, profile.loss_on, profile.data_limit))
-    return "" if same else f"arm{arm}"
 
 
 def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, rows: list[dict], probe: Probe,
@@ -225,6 +210,63 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "best_val_loss")}, **{k: health[k] for k in HEALTH_COLUMNS}, **metrics,
             "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint, **effect}
+
+
+def subset_arms(profile) -> list[str]:
+    """The arms of `mechanism.arms` that inject a subset of the host's layers (an `injected_layers`
+    override): the paper's runs spanned such subsets (its branch 1512_testing: layers 0-7, 8-15,
+    16-23, 24-31, every 4th, and all 32)."""
+    return [arm for arm, overrides in (profile.mechanism or {}).get("arms", {}).items() if overrides.get("injected_layers") is not None]
+
+
+def layer_subset_summary(results: list[dict], arms: dict, subsets: Sequence[str], reference: str = "A") -> pd.DataFrame:
+    """Per run of the layer-subset arms and of `reference` (every layer) on the same emotions and
+    seeds: the layers injected, the flag and the dominant index. One row per run, by run name;
+    flagged runs are listed with their flag (`layer_subset_claim` reads only unflagged ones)."""
+    pairs = {(r["emotion"], r["seed"]) for r in results if r["arm"] in subsets}
+    rows = {}
+    for r in results:
+        if r["arm"] in subsets or (r["arm"] == reference and (r["emotion"], r["seed"]) in pairs):
+            layers = arms[r["arm"]].irm.get("injected_layers")
+            rows[r["run"]] = {"arm": r["arm"], "emotion": r["emotion"], "seed": r["seed"],
+                              "layers": "all" if layers is None else ", ".join(str(i) for i in layers),
+                              "flag": r["flag"], "dominant_index": int(r["dominant_index"]),
+                              "index_share": r["index_share"], "layer_share": r["layer_share"]}
+    return pd.DataFrame(rows).T
+
+
+def layer_subset_claim(table: pd.DataFrame, hidden: int) -> Claim:
+    """(5) The dominant index is the same whichever layers are injected: every unflagged run of
+    `layer_subset_summary` (the subset arms and the all-layer reference) has one dominant index.
+    Not tested with fewer than two arms' unflagged runs. Chance: a random index per run matches a
+    given one with probability 1 / hidden."""
+    kept = table[table.flag == "ok"] if len(table) else table
+    named = "; ".join(f"{run} (layers {row.layers}): {row.dominant_index}" + ("" if row.flag == "ok" else f", {row.flag}, not counted")
+                      for run, row in table.iterrows()) if len(table) else "no layer-subset arm ran"
+    tested = len(kept) > 1 and kept.arm.nunique() > 1
+    same = tested and kept.dominant_index.nunique() == 1
+    return Claim("5", "The dominant index is the same whichever layers are injected", verdict(same if tested else None),
+                 f"Dominant index per run: {named}. {kept.dominant_index.nunique() if len(kept) else 0} distinct among "
+                 f"{plural(len(kept), 'unflagged run')} (chance that a run repeats a given index: 1/{hidden})."
+                 + ("" if tested else " Not tested: it needs unflagged runs of two arms."))
+
+
+def run_effects(results: list[dict]) -> pd.DataFrame:
+    """`effect_table` of the runs that measured their dominant index's effect (`run_arm` given
+    gains), by run name, with each run's arm and flag."""
+    measured = {r["run"]: r for r in results if "dominant_index_effect" in r}
+    table = effect_table({run: r["dominant_index_effect"] for run, r in measured.items()})
+    return table.assign(arm=[measured[run]["arm"] for run in table.index], flag=[measured[run]["flag"] for run in table.index])
+
+
+def effect_claim(effects: pd.DataFrame, much: float) -> Claim:
+    """(6) In every unflagged run the dominant index carries the IRM's effect: masking it keeps at
+    most 1 - `much` of the IRM's next-token distribution (irmlib.index_effect.carries_effect).
+    `effects`: `run_effects`; flagged runs are not evidence."""
+    kept = effects[effects.flag == "ok"] if len(effects) else effects
+    held, evidence_text = carries_effect(kept, much, "unflagged run")
+    return Claim("6", f"In every unflagged run the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
+                      f"of the IRM's next-token distribution)", verdict(held), evidence_text)
 
 
 def evidence(results: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -262,6 +304,7 @@ def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
         "top1_agreement": top_k_agreement(importances, 1) if several else float("nan"),
         f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
         "pairs": len(kept) * (len(kept) - 1) // 2,
+        "top1_agreeing_pairs": round(top_k_agreement(importances, 1) * len(kept) * (len(kept) - 1) / 2) if several else 0,
         "top1_chance": 1 / hidden, f"top{k}_chance": k / hidden,
         "objective_best_val_loss": mean("best_val_loss"),
     }
@@ -284,7 +327,7 @@ def arm_tone(host: Host, judge: EmotionJudge, irms: dict[str, object], arms: dic
     arms that share a prompt format share one base-host row, "base (<format>)", and each arm's
     paired change is against the base host prompted the same way.
 
-    irms: {arm: IRM}; arms: {arm: profile} (arm_profiles). One row per base and per "arm <name>".
+    irms: {arm: IRM}; arms: {arm: profile} (irmlib.profile_runs.arm_profiles). One row per base and per "arm <name>".
     """
     tables = []
     for prompt_format in dict.fromkeys(arms[arm].prompt_format for arm in irms):

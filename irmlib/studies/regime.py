@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import runs
+from .. import index_effect, runs
 from ..claims import NOT_TESTED, Claim, fmt, verdict
 from ..health import Probe
 from ..host import Host
-from ..index_effect import EffectRules, effect_record, measure_effect, next_gain_index
+from ..index_effect import EffectRules, carries_effect, effect_record, measure_effect, next_gain_index
 from ..irm import load_irm
 from ..judge import EmotionJudge
 from ..profile import Profile, ProfileError, with_overrides
@@ -44,6 +44,9 @@ from ..profile_runs import run_health, train_for_profile
 from ..scoring import tone_table
 from ..striation import is_striated
 from ..train import read_tracking
+
+# Notebook 07 (published from run 20261203T195420) reads the cells' effect table as regime.effect_table.
+effect_table = index_effect.effect_table
 
 REGIME_KEYS = {"emotion", "seed", "arms", "rates", "stable", "plain_rates", "steps", "track_every", "long"}
 PLAIN_SCHEDULE = {"warmup_steps": 0, "decay": "step", "lr_gamma": 1.0, "clip_grad_norm": None}
@@ -154,21 +157,6 @@ def cell_effect(host: Host, profile: Profile, cell: Cell, index: int, probe: Pro
     return effect_record(effect, rules)
 
 
-def effect_table(effects: dict[str, dict]) -> pd.DataFrame:
-    """One row per cell (`cell_effect` records by cell name): the index, KL(irm || host), the share
-    of the IRM's next-token distribution that only the index / everything but it / the moved write
-    keeps, the temperature's share of the KL, the host's entropy without and with the IRM, the
-    index's share of the final residual's squared norm with the IRM and with only the index, and
-    the verdict."""
-    return pd.DataFrame({name: {
-        "index": e["index"], "moved_to": e["moved_to"], "kl_irm_host": e["shares"]["distribution"]["irm_change"],
-        "only_keeps": e["shares"]["distribution"]["only"], "masked_keeps": e["shares"]["distribution"]["masked"],
-        "moved_keeps": e["shares"]["distribution"]["moved"], "temperature_share": e["temperature"]["share"],
-        "entropy_host": e["conditions"]["host"]["entropy"], "entropy_irm": e["conditions"]["irm"]["entropy"],
-        "final_index_share_irm": e["conditions"]["irm"]["index_share"], "final_index_share_only": e["conditions"]["only"]["index_share"],
-        "verdict": e["verdict"]} for name, e in effects.items()}).T
-
-
 def recommendation(table: pd.DataFrame) -> dict:
     """The cell the default recipe should take: among unflagged cells whose IRM raised the target
     emotion in fluent text, the one with the largest change; where none did, none is recommended
@@ -230,18 +218,9 @@ def claims(table: pd.DataFrame, long: dict | None, ratio: float, effects: pd.Dat
                                  f"{fmt(row.p_target_change_high, 4, True)}] over {int(row.scored)} scored texts, {row.verdict}, text {row.text}"
                                  for name, row in toned.iterrows()) + "." if len(toned) else "No unflagged cell's tone was measured."))
     effects = effects if effects is not None else pd.DataFrame(columns=["verdict"])
-    # A cell whose IRM barely moved the host has no effect for its index to carry: listed, not counted.
-    measured = effects[effects.verdict != "no effect to explain"]
-    carried = measured[measured.masked_keeps.astype(float) <= 1 - much] if len(measured) else measured
-    none = f" No effect to explain (KL(irm || host) under the threshold): {', '.join(effects.index.difference(measured.index))}." \
-        if len(measured) < len(effects) else ""
+    held, evidence = carries_effect(effects, much)
     found.append(Claim("5", f"In every stable cell the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
-                            f"of the IRM's next-token distribution)", verdict(len(carried) == len(measured) if len(measured) else None),
-                       ("; ".join(f"{name} (index {int(row['index'])}): masked keeps {row.masked_keeps:.3f}, only the index keeps "
-                                  f"{row.only_keeps:.3f}, moved keeps {row.moved_keeps:.3f} of KL(irm || host) = {row.kl_irm_host:.2f} nats; "
-                                  f"a temperature explains {row.temperature_share:.2f} of it; {row.verdict}"
-                                  for name, row in measured.iterrows()) + "." if len(measured) else "No stable cell had an effect to explain.")
-                       + none))
+                            f"of the IRM's next-token distribution)", verdict(held), evidence))
     return found
 
 

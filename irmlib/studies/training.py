@@ -1,5 +1,6 @@
-"""Notebook 02's study: whether the dtype changes the findings (each named run trained again in
-float32), and the notebook's claims about its training runs."""
+"""Notebook 02's study: its runs on one yardstick, whether each run's dominant index does anything
+(irmlib.index_effect), the notebook's claims about its training runs, and the float32 check that
+`./reproduce.sh bench --precision-check` runs (each named run trained again in float32)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pandas as pd
 from .. import runs
 from ..claims import Claim, verdict
 from ..host import Host
+from ..index_effect import EffectRules, carries_effect, effect_record, measure_effect, next_gain_index
+from ..irm import load_irm
 from ..precision import choose_precision
 from ..profile import with_overrides
 from ..profile_runs import HEALTH_COLUMNS, run_health, run_probe, train_for_profile
@@ -68,20 +71,55 @@ def health_table(profile, run_names) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) -> list[Claim]:
-    """Notebook 02's claims: (1) training lowered the objective's own validation loss in every run
-    (a loss of its objective, not comparable across objectives); (2) per run of the precision
-    check, the float32 twin's best validation loss is within `analysis.precision_tolerance`
-    (relative) and its dominant index on the probe texts is the same; not tested where nothing
-    was compared (the reason in the table's attrs["not_tested"]), or, the losses being close,
-    where the dominant index was not tracked."""
+def run_effects(host: Host, profile, rows: list[dict], gains: pd.Series, rules: EffectRules = EffectRules()) -> dict[str, dict]:
+    """Whether each run's dominant index does anything (irmlib.index_effect): the IRM every
+    notebook reads, on its emotion's probe texts (the ones its tracker read), with its dominant
+    index there kept alone, masked and moved to the next index by `gains` (the host's mean
+    layer-norm gain per index, irmlib.residual.norm_gains), at the objective's label shift.
+    Returns {run name: `effect_record`}."""
+    records = {}
+    for emotion in profile.emotions:
+        probe = run_probe(host, profile, emotion, rows)
+        for seed in profile.seeds:
+            irm = load_irm(runs.read_checkpoint(profile, emotion, seed), host, device=host.device).eval()
+            index = int(read_tracking(runs.run_dir(profile, emotion, seed)).dominant_index.iloc[-1])
+            records[runs.run_name(emotion, seed)] = effect_record(measure_effect(
+                host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index), profile.train.objective_spec.label_shift), rules)
+    return records
+
+
+def effect_claim(effects: pd.DataFrame, health: pd.DataFrame, much: float) -> Claim:
+    """Notebook 02's claim 3: in every unflagged run the dominant index carries the IRM's effect
+    (masking it keeps at most 1 - `much` of the IRM's next-token distribution). effects:
+    irmlib.index_effect.effect_table of `run_effects`; health: `health_table` (its flags)."""
+    kept = effects[health.loc[effects.index, "flag"] == "ok"] if len(effects) else effects
+    held, evidence = carries_effect(kept, much, "unflagged run")
+    flagged = effects.index.difference(kept.index)
+    return Claim("3", f"In every unflagged run the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
+                      f"of the IRM's next-token distribution)", verdict(held),
+                 evidence + (f" Flagged, not counted: {', '.join(flagged)}." if len(flagged) else ""))
+
+
+def claims(summaries: dict[str, dict], analysis) -> list[Claim]:
+    """Notebook 02's claim 1: training lowered the objective's own validation loss in every run (a
+    loss of its objective, not comparable across objectives). Claims 2 and 3 are `health_claim`
+    and `effect_claim`."""
     lowered = {run: s["initial_val_loss"] - s["best_val_loss"] for run, s in summaries.items()}
-    found = [Claim("1", "Training lowered the objective's validation loss in every run", verdict(all(d > 0 for d in lowered.values())),
-                   f"Lowered in {sum(d > 0 for d in lowered.values())} of {len(lowered)} runs: "
-                   + "; ".join(f"{run} {summaries[run]['initial_val_loss']:.3f} -> {summaries[run]['best_val_loss']:.3f}" for run in lowered) + ".")]
+    return [Claim("1", "Training lowered the objective's validation loss in every run", verdict(all(d > 0 for d in lowered.values())),
+                  f"Lowered in {sum(d > 0 for d in lowered.values())} of {len(lowered)} runs: "
+                  + "; ".join(f"{run} {summaries[run]['initial_val_loss']:.3f} -> {summaries[run]['best_val_loss']:.3f}" for run in lowered) + ".")]
+
+
+def precision_claims(precision_table: pd.DataFrame, analysis) -> list[Claim]:
+    """`./reproduce.sh bench --precision-check`'s verdicts: per run of the precision check, the
+    float32 twin's best validation loss is within `analysis.precision_tolerance` (relative) and its
+    dominant index on the probe texts is the same; not tested where nothing was compared (the
+    reason in the table's attrs["not_tested"]), or, the losses being close, where the dominant
+    index was not tracked."""
     if precision_table.empty:
-        return found + [Claim("2", "The dtype does not change the findings", verdict(None),
-                              precision_table.attrs.get("not_tested", "No run was compared."))]
+        return [Claim("dtype", "The dtype does not change the findings", verdict(None),
+                      precision_table.attrs.get("not_tested", "No run was compared."))]
+    found = []
     for run, row in precision_table.iterrows():
         close = row["relative_difference"] <= analysis.precision_tolerance
         tracked = pd.notna(row["dominant_index"]) and pd.notna(row["dominant_index float32"])
@@ -91,7 +129,7 @@ def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) 
             held = bool(row["dominant_index"] == row["dominant_index float32"]) if tracked else None
         index = (f"dominant index on the probe texts {row['dominant_index']} vs {row['dominant_index float32']}" if tracked
                  else "dominant index not compared: not tracked (train.track_every is off)")
-        found.append(Claim(f"2, {run}", f"The dtype does not change the findings (within {analysis.precision_tolerance:.0%} and the same index)",
+        found.append(Claim(f"dtype, {run}", f"The dtype does not change the findings (within {analysis.precision_tolerance:.0%} and the same index)",
                            verdict(held),
                            f"Best validation loss {row['best_val_loss']:.3f} ({row['precision']}) vs {row['best_val_loss float32']:.3f} "
                            f"(float32), {row['relative_difference']:.2%} apart; {index}."))
@@ -99,13 +137,13 @@ def claims(summaries: dict[str, dict], precision_table: pd.DataFrame, analysis) 
 
 
 def health_claim(health: pd.DataFrame, analysis) -> Claim:
-    """Notebook 02's claim 3: every run trained without a flag (irmlib.health): none unstable, none
+    """Notebook 02's claim 2: every run trained without a flag (irmlib.health): none unstable, none
     whose yardstick ended more than analysis.host_damaged_margin nats above the host's. Not tested
     where no run's health was measured. health: `health_table`."""
     measured = health[health.flag != "not measured"]
     flagged = measured[measured.flag != "ok"]
     evidence = "; ".join(f"{run} {row.flag}: yardstick {row.yardstick_host:.3f} (host) -> {row.yardstick_end:.3f}, own validation "
                          f"loss {row.initial_val_loss:.3f} -> {row.last_val_loss:.3f}" for run, row in measured.iterrows())
-    return Claim("3", f"Every run trained without a flag (stable, yardstick within {analysis.host_damaged_margin:g} nats of the host's)",
+    return Claim("2", f"Every run trained without a flag (stable, yardstick within {analysis.host_damaged_margin:g} nats of the host's)",
                  verdict(None if measured.empty else flagged.empty),
                  f"{len(flagged)} of {len(measured)} runs flagged. {evidence}." if len(measured) else "No run's health was measured.")
