@@ -1,6 +1,7 @@
 """Benchmarks against the project's own floors, each ratio measured in one run on one machine.
 
     ./reproduce.sh bench          (or: python benchmarks/run.py [--device cuda] [--repeats N] [--precision P])
+    ./reproduce.sh bench --precision-check    also row 8: the cpu profile's precision_check runs again in float32
 
 Every benchmark runs in float32 and, where `irmlib.precision.choose_precision` picks a lower
 precision on this machine (bf16 autocast on a CPU with native bf16, bf16 or fp16 host weights on
@@ -323,10 +324,29 @@ def end_to_end_from_log(text: str, profile: str, bf16: bool) -> dict:
     return row
 
 
+def run_precision_check(profile_name: str = "cpu") -> dict:
+    """Row 8 measured here: the profile's `precision_check` runs (its own runs, trained first where
+    missing, in the precision this machine gets) trained again in float32 and compared
+    (irmlib.studies.training.precision_check), with the verdicts; in runs/<profile>/irm/ beside the
+    pipeline's runs, so a finished pipeline's runs are reused."""
+    from irmlib.data import profile_rows
+    from irmlib.studies.training import precision_check, precision_claims
+
+    profile = load_profile(profile_name)
+    host = load_host(profile.host)
+    table = precision_check(host, profile, profile_rows(profile), profile.precision_check)
+    claims = precision_claims(table, profile.analysis)
+    for claim in claims:
+        print(f"8. {claim}")
+    return {"runs": table.to_dict(orient="index"), "claims": [str(claim) for claim in claims],
+            "source": f"./reproduce.sh bench --precision-check, {profile_name} profile ({', '.join(profile.precision_check)})"}
+
+
 def precision_check_from_metrics(profile: str = "cpu") -> dict | None:
-    """Notebook 02's check that bf16 does not change the findings (the same runs trained again in
-    float32), as the profile's committed metrics.json holds it, with the run it comes from; None
-    where that run has no such check."""
+    """The check that bf16 does not change the findings (the same runs trained again in float32) as
+    a committed metrics.json holds it, from the runs whose notebook 02 still ran it (run
+    20261129T231529 and before), with the run it comes from; None where the run has no such check
+    (`--precision-check` measures it here)."""
     path = load_profile(profile).figure_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     if "02_precision_check" not in metrics:
@@ -453,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
                         "1 gives per-core numbers that other load on the machine disturbs less")
     parser.add_argument("--skip-load", action="store_true", help="do not time the host load (its cold run dequantises again)")
     parser.add_argument("--trace", action="store_true", help="also write torch.profiler tables to benchmarks/")
+    parser.add_argument("--precision-check", action="store_true",
+                        help="train the cpu profile's precision_check runs again in float32 and compare (row 8; minutes per run)")
     parser.add_argument("--pipeline-log", type=Path, default=None,
                         help="the cpu profile's end-to-end row from this ./reproduce.sh output instead of runs/cpu's markers "
                              "(for notebooks re-executed with --force after the run that trained)")
@@ -507,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"7. {profile}: kernel peak RSS per notebook (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in row["peak_rss_mb"].items()))
             for name, cell in row.get("peak_rss_cell", {}).items():
                 print(f"   {name}: peak reached in {cell}")
-    section["precision_check"] = precision_check_from_metrics("cpu")
+    section["precision_check"] = run_precision_check("cpu") if args.precision_check else precision_check_from_metrics("cpu")
     for run, check in (section["precision_check"] or {}).get("runs", {}).items():
         print(f"8. [{run}] float32 twin: best validation loss {check['best_val_loss']:.3f} vs {check['best_val_loss float32']:.3f} "
               f"(relative {check['relative_difference']:.4f}), dominant index {check['dominant_index']} vs {check['dominant_index float32']}")

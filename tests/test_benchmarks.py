@@ -152,3 +152,26 @@ def test_the_float32_check_of_the_committed_run_is_read_and_tabled(tmp_path, mon
     table = bench.markdown_table("cpu: X", section(with_bf16=True) | {"precision_check": check})
     assert "| 8. bf16 vs float32 training, cpu profile, anger-seed0 | 0.0022 | same findings |" in table
     assert "dominant index 412 vs 413 (differs)" in table
+
+
+def test_the_float32_check_runs_the_profiles_precision_check_runs(monkeypatch):
+    import pandas as pd
+
+    import irmlib.data
+    import irmlib.studies.training as training
+
+    asked = {}
+
+    def fake_check(host, profile, rows, run_names):
+        asked.update(host=host, profile=profile.name, run_names=run_names)
+        return pd.DataFrame({"anger-seed0": {"precision": "cpu-bf16-autocast", "best_val_loss": 4.0, "best_val_loss float32": 4.02,
+                                             "relative_difference": 0.005, "dominant_index": 7, "dominant_index float32": 7}}).T
+
+    monkeypatch.setattr(training, "precision_check", fake_check)
+    monkeypatch.setattr(irmlib.data, "profile_rows", lambda profile: [])
+    monkeypatch.setattr(bench, "load_host", lambda name: "host")
+    check = bench.run_precision_check("cpu")
+    assert asked == {"host": "host", "profile": "cpu", "run_names": ("anger-seed0", "sadness-seed0")}
+    assert check["runs"]["anger-seed0"]["relative_difference"] == 0.005 and "held" in check["claims"][0]
+    table = bench.markdown_table("cpu: X", section(with_bf16=True) | {"precision_check": check})
+    assert "| 8. bf16 vs float32 training, cpu profile, anger-seed0 | 0.0050 | same findings |" in table
