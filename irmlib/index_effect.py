@@ -236,6 +236,16 @@ def effect_record(effect: dict, rules: EffectRules = EffectRules()) -> dict:
     return {**effect, "shares": shares, "verdict": effect_verdict(shares, effect["temperature"]["share"], rules)}
 
 
+
+def dominant_index_effect(host: Host, irm: IRM, batch: dict, index: int, gains, label_shift: int,
+                          rules: EffectRules = EffectRules()) -> dict:
+    """`effect_record` of one IRM's dominant `index` on a probe batch: its write kept alone,
+    masked, and moved to the next index by `gains` (the host's mean layer-norm gain per index,
+    irmlib.residual.norm_gains: a Series or array), the objective's loss at `label_shift`. What
+    notebooks 02, 06 and 07 record per run as `dominant_index_effect`."""
+    moved_to = next_gain_index(np.asarray(gains), index)
+    return effect_record(measure_effect(host, irm, batch, index, moved_to, label_shift), rules)
+
 def effect_table(effects: dict[str, dict]) -> pd.DataFrame:
     """One row per run or cell (`effect_record`s by name): the index, KL(irm || host), the share
     of the IRM's next-token distribution that only the index / everything but it / the moved write

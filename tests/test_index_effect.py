@@ -4,12 +4,13 @@ temperature fit and the verdict between the norm-knob and the inert hypotheses."
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from irmlib.health import yardstick_loss
-from irmlib.index_effect import (CONDITIONS, EffectRules, effect_record, effect_shares, effect_verdict, measure_effect,
-                                 next_gain_index, temperature_fit, write_transform)
+from irmlib.index_effect import (CONDITIONS, EffectRules, dominant_index_effect, effect_record, effect_shares, effect_verdict,
+                                 measure_effect, next_gain_index, temperature_fit, write_transform)
 from irmlib.irm import IRM, IRMConfig
 
 
@@ -91,6 +92,11 @@ def test_conditions_on_a_host_whose_irm_writes_one_index(tiny_host):
     assert record["shares"]["distribution"]["masked"] == pytest.approx(0.0, abs=1e-4)
     assert abs(record["shares"]["yardstick"]["irm_change"]) > 0.5
     assert record["verdict"] in ("norm knob (b)", "neither")  # keeping only the index is the IRM; the temperature decides
+    # The one call every notebook makes: the write moved to the next index by gain (index 3 here).
+    gains = np.arange(tiny_host.hidden_size, 0, -1, dtype=float)  # 1 or more everywhere but below
+    gains[[index, 3]] = [0.0, 0.5]
+    whole = dominant_index_effect(tiny_host, irm, batch, index, pd.Series(gains), label_shift=2)
+    assert whole["moved_to"] == 3 and whole["shares"] == record["shares"] and whole["verdict"] == record["verdict"]
 
 
 def shares(only: float, masked: float, kl: float = 0.5) -> dict:

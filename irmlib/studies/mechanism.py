@@ -17,7 +17,7 @@ from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
 from ..health import Probe
 from ..host import Host
-from ..index_effect import EffectRules, carries_effect, effect_record, effect_table, measure_effect, next_gain_index
+from ..index_effect import EffectRules, carries_effect, dominant_index_effect, effect_table
 from ..inject import Injection
 from ..irm import IRM, load_irm
 from ..judge import EmotionJudge
@@ -205,8 +205,8 @@ def run_arm(host: Host, profile, arms: dict, arm: str, emotion: str, seed: int, 
     effect = {}
     if gains is not None:
         index = metrics["dominant_index"]
-        effect["dominant_index_effect"] = effect_record(measure_effect(
-            host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index), arm_profile.train.objective_spec.label_shift), rules)
+        effect["dominant_index_effect"] = dominant_index_effect(host, irm, probe.batch, index, gains,
+                                                                arm_profile.train.objective_spec.label_shift, rules)
     return {"run": f"{arm}:{directory.name}", "arm": arm, "emotion": emotion, "seed": seed,
             **{k: summary[k] for k in ("steps", "best_val_loss")}, **{k: health[k] for k in HEALTH_COLUMNS}, **metrics,
             "matrix": matrix, "signed": signed_matrix(outputs), "tracking": read_tracking(directory), "irm_dir": checkpoint, **effect}
@@ -286,6 +286,8 @@ def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
     kept, flagged = evidence(results)
     importances = {r["run"]: index_importance(r["matrix"]) for r in kept}
     several = len(kept) > 1
+    top1 = top_k_agreement(importances, 1) if several else float("nan")
+    pairs = len(kept) * (len(kept) - 1) // 2
 
     def mean(key: str) -> float:
         values = [r[key] for r in kept if r.get(key) is not None]
@@ -301,10 +303,10 @@ def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
         "yardstick_end": mean("yardstick_end"),
         "shared_dominant_index": shared_dominant_index({r["run"]: r["matrix"] for r in kept}) if kept else None,
         "dominant_indices": [int(r["dominant_index"]) for r in kept],
-        "top1_agreement": top_k_agreement(importances, 1) if several else float("nan"),
+        "top1_agreement": top1,
         f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
-        "pairs": len(kept) * (len(kept) - 1) // 2,
-        "top1_agreeing_pairs": round(top_k_agreement(importances, 1) * len(kept) * (len(kept) - 1) / 2) if several else 0,
+        "pairs": pairs,
+        "top1_agreeing_pairs": round(top1 * pairs) if several else 0,
         "top1_chance": 1 / hidden, f"top{k}_chance": k / hidden,
         "objective_best_val_loss": mean("best_val_loss"),
     }

@@ -36,7 +36,7 @@ from .. import index_effect, runs
 from ..claims import NOT_TESTED, Claim, fmt, verdict
 from ..health import Probe
 from ..host import Host
-from ..index_effect import EffectRules, carries_effect, effect_record, measure_effect, next_gain_index
+from ..index_effect import EffectRules, carries_effect, dominant_index_effect
 from ..irm import load_irm
 from ..judge import EmotionJudge
 from ..profile import Profile, ProfileError, with_overrides
@@ -152,9 +152,7 @@ def cell_effect(host: Host, profile: Profile, cell: Cell, index: int, probe: Pro
     shift: `effect_record`."""
     spec = regime_spec(profile)
     irm = load_irm(runs.read_checkpoint(profile, spec["emotion"], spec["seed"], cell.variant), host, device=host.device).eval()
-    effect = measure_effect(host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index),
-                            cell.profile.train.objective_spec.label_shift)
-    return effect_record(effect, rules)
+    return dominant_index_effect(host, irm, probe.batch, index, gains, cell.profile.train.objective_spec.label_shift, rules)
 
 
 def recommendation(table: pd.DataFrame) -> dict:

@@ -11,7 +11,7 @@ import pandas as pd
 from .. import runs
 from ..claims import Claim, verdict
 from ..host import Host
-from ..index_effect import EffectRules, carries_effect, effect_record, measure_effect, next_gain_index
+from ..index_effect import EffectRules, carries_effect, dominant_index_effect
 from ..irm import load_irm
 from ..precision import choose_precision
 from ..profile import with_overrides
@@ -83,8 +83,8 @@ def run_effects(host: Host, profile, rows: list[dict], gains: pd.Series, rules: 
         for seed in profile.seeds:
             irm = load_irm(runs.read_checkpoint(profile, emotion, seed), host, device=host.device).eval()
             index = int(read_tracking(runs.run_dir(profile, emotion, seed)).dominant_index.iloc[-1])
-            records[runs.run_name(emotion, seed)] = effect_record(measure_effect(
-                host, irm, probe.batch, index, next_gain_index(gains.to_numpy(), index), profile.train.objective_spec.label_shift), rules)
+            records[runs.run_name(emotion, seed)] = dominant_index_effect(host, irm, probe.batch, index, gains,
+                                                                          profile.train.objective_spec.label_shift, rules)
     return records
 
 
