@@ -41,6 +41,12 @@ def claims_table(claims: list[Claim]) -> pd.DataFrame:
                         index=[c.number for c in claims])
 
 
+def in_order(claims: list[Claim]) -> list[Claim]:
+    """Claims sorted by their leading number ("3, set b" after "3, a", before "4, arm A"),
+    claims of one number kept in the order given."""
+    return sorted(claims, key=lambda claim: int(claim.number.split(",")[0]))
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """"1 run", "2 runs": a count with its noun."""
     return f"{n} {word if n == 1 else many or word + 's'}"

@@ -91,6 +91,14 @@ def run_health(run_dir, analysis) -> dict:
             **flags, "peak_output_rms_ratio": peak, **index_settled(tracking, analysis.settled_window), "flag": flag_label(flags)}
 
 
+def flags_of_runs(profile, models) -> dict[str, str]:
+    """{run name: its flag label ("ok", "unstable", "host damaged", both: `run_health`)} of the
+    runs among `models` (names that are not runs, such as "base" or "untrained", are left out),
+    read from their run files: a flagged run is shown, never pooled as evidence."""
+    return {model: run_health(runs.run_dir(profile, *runs.parse_run_name(model)), profile.analysis)["flag"]
+            for model in dict.fromkeys(models) if runs.is_run_name(model)}
+
+
 def arm_profiles(profile) -> dict:
     """Notebook 06's arms as profiles: the profile, then `mechanism.base`, then each arm's overrides.
 

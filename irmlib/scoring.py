@@ -25,17 +25,23 @@ from .gate import GateRules
 from .judge import EmotionJudge
 from .prompts import encode_prompts, format_prompt
 
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and a t-interval: (mean, low, high), ignoring NaNs."""
+def mean_ci(values, confidence: float = 0.95, bounds: tuple[float, float] | None = None,
+            min_n: int = 2) -> tuple[float, float, float]:
+    """Mean and a t-interval: (mean, low, high), ignoring NaNs. bounds: the values' range (e.g.
+    (0, 1) for probabilities), which the interval is cut to. Under `min_n` values there is no
+    interval (NaN ends): a t-interval of one to a few texts says nothing."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan"), float("nan")
     mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
+    if len(values) < max(min_n, 2):
+        return mean, float("nan"), float("nan")
     half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * stats.sem(values))
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 def paired_change(rows: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[float, float, float]:
@@ -168,7 +174,7 @@ def tone_table(host: Host, judge: EmotionJudge, irms: dict, emotion: str, questi
     base = scored[scored.model == "base"]
     rows = {}
     for model, group in scored.groupby("model", sort=False):
-        mean, low, high = mean_ci(group[f"p_{emotion}"])
+        mean, low, high = mean_ci(group[f"p_{emotion}"], bounds=(0.0, 1.0), min_n=min_scored)
         change = target_change(group, base, emotion, min_scored)
         rows[model] = {"p_target": mean, "p_target_low": low, "p_target_high": high, **change,
                        "verdict": "base" if model == "base" else change["verdict"],

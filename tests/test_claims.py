@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import striated
-from irmlib.claims import HELD, NOT_HELD, NOT_TESTED, Claim, claims_table, fmt, plural, verdict
+from irmlib.claims import HELD, NOT_HELD, NOT_TESTED, Claim, claims_table, fmt, in_order, plural, verdict
 from irmlib.profile import AnalysisConfig
 from irmlib.residual import host_ranks
 from irmlib.striation import is_striated, pooled_importance, shared_dominant_index, striation_metrics
@@ -215,6 +215,17 @@ def test_vertical_continuity_claims():
     verdicts = by_number(failed)
     assert verdicts["3"] == NOT_HELD and verdicts["4"] == NOT_TESTED and verdicts["5"] == NOT_TESTED, "no shared index to compare"
     assert "No shared index" in failed[2].evidence and "no shared index" in failed[3].evidence
+    # Two indices dominating two runs each: the shared one is chosen by pooled importance, and the tie is said.
+    tied_runs = {"a": striated(index=3, height=20.0), "b": striated(index=3, height=20.0, seed=1),
+                 "c": striated(index=8, seed=2), "d": striated(index=8, seed=3)}
+    tie = vertical_continuity.consistency(tied_runs, 5)
+    assert tie["shared_dominant_index"] == 3 and tie["tied_with"] == [8]
+    tie_table = vertical_continuity.striation_table({**tied_runs, "untrained": runs["untrained"]}, ["a"], 5)
+    tie_claims = {c.number: c for c in vertical_continuity.claims(tie_table, list(tied_runs), ["a (shuffled)"], tie, 3, 100.0,
+                                                                 vertical_continuity.dominant_ranks_on_host(host, {n: 3 for n in tied_runs}),
+                                                                 steering, ANALYSIS)}
+    assert tie_claims["3"].verdict == NOT_HELD and "tied with [8]" in tie_claims["3"].evidence
+    assert agreement["tied_with"] == [] and vertical_continuity.consistency({n: runs[n] for n in trained}, 5)["tied_with"] == []
 
 
 def test_clearest_first_orders_panels_by_striation():
@@ -299,3 +310,35 @@ def test_mechanism_claims():
     # Every run of E flagged: no evidence, so nothing to say about whether its striation fades.
     e_flagged = per_arm | {"E": arm(float("nan"), float("nan"), None, float("nan"), runs=0)}
     assert by_number(mechanism.claims(e_flagged, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS))["2"] == NOT_TESTED
+    # Arm A without a striation (index share under the ratio x its layer share): nothing to fade.
+    a_flat = per_arm | {"A": arm(0.13, 0.20, None, 0.0)}
+    flat = {c.number: c for c in mechanism.claims(a_flat, {}, ranks.iloc[:0], tone.iloc[:1], 576, ANALYSIS)}
+    assert flat["2"].verdict == NOT_TESTED and "no striation to fade" in flat["2"].evidence
+
+
+def test_mechanism_tone_claim_of_a_flagged_run_is_not_tested():
+    raised = {"p_target": 0.9, "p_target_change": 0.5, "p_target_change_low": 0.3, "p_target_change_high": 0.7, "scored": 20,
+              "verdict": "raised", "median_perplexity": 6.0, "distinct_2": 0.8, "text": "fluent"}
+    tone = pd.DataFrame({"base (plain)": {"verdict": "base", "run": "", "flag": ""},
+                         "arm B": raised | {"run": "B:anger-seed0-armB", "flag": "unstable"},
+                         "arm C": raised | {"run": "C:anger-seed0-armC", "flag": "ok"}}).T
+    per_arm = {"A": arm(0.4, 0.05, 7, 0.8), "B": arm(0.1, 0.1, None, 0.0)}
+    found = {c.number: c for c in mechanism.claims(per_arm, {}, pd.DataFrame(), tone, 576, ANALYSIS)}
+    assert found["4, arm B"].verdict == NOT_TESTED and "flagged unstable" in found["4, arm B"].evidence
+    assert found["4, arm C"].verdict == HELD
+
+
+def test_representative_run_is_the_first_unflagged_run_of_the_emotion():
+    results = [{"arm": "B", "run": "B:a0", "emotion": "anger", "flag": "unstable"},
+               {"arm": "B", "run": "B:s0", "emotion": "sadness", "flag": "ok"},
+               {"arm": "B", "run": "B:a1", "emotion": "anger", "flag": "ok"},
+               {"arm": "L", "run": "L:a0", "emotion": "anger", "flag": "host damaged"},
+               {"arm": "L", "run": "L:a1", "emotion": "anger", "flag": "host damaged"}]
+    chosen = mechanism.representative_runs(results, "anger")
+    assert list(chosen) == ["B", "L"]
+    assert chosen["B"]["run"] == "B:a1" and chosen["L"]["run"] == "L:a0"  # every run flagged: the first, with its flag
+
+
+def test_claims_in_order_of_their_number():
+    numbered = [Claim(n, "s", HELD, "e") for n in ("1", "4, arm A", "3, set b", "3, a", "5", "2")]
+    assert [c.number for c in in_order(numbered)] == ["1", "2", "3, set b", "3, a", "4, arm A", "5"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from irmlib.claims import HELD, NOT_HELD
+from irmlib.claims import HELD, NOT_HELD, NOT_TESTED
 from irmlib.profile import load_profile
 from irmlib.studies.generations import alignment_summary, alpha_sweep, claims, recipe_summary, side_by_side, tone_irms
 
@@ -53,6 +53,12 @@ def test_each_recipe_is_summarised_on_its_own_runs():
     verdicts = {claim.number: claim.verdict for claim in claims(summary.reset_index())}
     assert verdicts["1, profile anger"] == NOT_HELD and verdicts["1, arm B anger"] == HELD
     assert list(recipe_summary(scored, load_profile("smoke", emotions=["anger"], tone_arm=None), 2).recipe) == ["profile"]
+    # The tone arm's run flagged unstable: its raise is no evidence, so the claim is not tested.
+    flagged = recipe_summary(scored, profile, 2, flags={"anger-seed0": "ok", "anger-seed0-armB": "unstable"}).set_index("recipe")
+    assert flagged.loc["arm B", "flagged_runs"] == "anger-seed0-armB: unstable" and flagged.loc["profile", "flagged_runs"] == "ok"
+    flagged_claims = {claim.number: claim for claim in claims(flagged.reset_index())}
+    assert flagged_claims["1, arm B anger"].verdict == NOT_TESTED
+    assert "not evidence: anger-seed0-armB: unstable" in flagged_claims["1, arm B anger"].evidence
 
 
 def test_the_tone_arm_trains_the_runs_notebook_06_reads(embedded_host, smoke_root):
@@ -63,6 +69,10 @@ def test_the_tone_arm_trains_the_runs_notebook_06_reads(embedded_host, smoke_roo
     irms = tone_irms(embedded_host, profile, profile_rows(profile))
     assert list(irms) == [f"{e}-seed0-armB" for e in profile.emotions]
     assert all((run_dir(profile, e, 0, "armB") / "done.json").exists() for e in profile.emotions)
+    from irmlib.profile_runs import flags_of_runs
+
+    flags = flags_of_runs(profile, ["base", *irms])  # read from the runs' files; "base" is no run
+    assert list(flags) == list(irms) and all(isinstance(flag, str) and flag for flag in flags.values())
     with pytest.raises(ValueError, match="prompt format"):
         tone_irms(embedded_host, load_profile("smoke", tone_arm="F"), [])
 

@@ -198,7 +198,8 @@ def test_arm_summary_and_curve_verdict():
     assert nothing["runs"] == 0 and nothing["shared_dominant_index"] is None and np.isnan(nothing["index_share"])
     assert summary["pairs"] == 3 and summary["top1_agreeing_pairs"] == 3 and summary["top1_chance"] == 1 / 20 and summary["top5_chance"] == 5 / 20
     assert summary["dominant_indices"] == [3, 3, 3]
-    assert np.isnan(arm_summary(results[:1], hidden=20)["top1_agreement"])
+    alone = arm_summary(results[:1], hidden=20)
+    assert np.isnan(alone["top1_agreement"]) and alone["shared_dominant_index"] is None  # one run shares nothing
     apart = [results[0] | {"run": f"s{i}", "matrix": striated(index=index, seed=i), "dominant_index": index}
              for i, index in enumerate((3, 9))]
     disagreeing = arm_summary(apart, hidden=20, k=5)

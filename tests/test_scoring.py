@@ -25,8 +25,18 @@ def test_mean_ci_is_a_t_interval_and_ignores_nan():
     mean, low, high = mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert mean == 2.0 and low < 2.0 < high
     assert high - mean == pytest.approx(4.302653 * 1 / math.sqrt(3), rel=1e-5)
-    assert mean_ci([5.0]) == (5.0, 5.0, 5.0)
     assert all(math.isnan(v) for v in mean_ci([float("nan")]))
+
+
+def test_mean_ci_gives_no_interval_on_too_few_values_and_keeps_it_in_bounds():
+    mean, low, high = mean_ci([5.0])
+    assert mean == 5.0 and math.isnan(low) and math.isnan(high)
+    mean, low, high = mean_ci([0.9, 1.0, 0.95], min_n=4)
+    assert mean == pytest.approx(0.95) and math.isnan(low) and math.isnan(high)
+    unbounded = mean_ci([0.2, 0.99, 1.0])
+    assert unbounded[2] > 1.0  # the t-interval of three probabilities runs past 1 ...
+    mean, low, high = mean_ci([0.2, 0.99, 1.0], bounds=(0.0, 1.0))
+    assert (low, high) == (max(unbounded[1], 0.0), 1.0)  # ... and is cut to the probabilities' range
 
 
 def test_text_quality_reads_the_gate_labels_of_a_set():

@@ -18,14 +18,16 @@ from ..scoring import generation_table, mean_ci, score_generations, target_chang
 
 
 def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_scored: int, rules: GateRules = GateRules(),
-                      variant: str = "") -> pd.DataFrame:
+                      variant: str = "", flags: dict[str, str] | None = None) -> pd.DataFrame:
     """Per target emotion and mode: the target-emotion probability of base and IRM generations
     (mean and 95% interval over scored prompts, and seeds for the IRM), the paired change and its
     verdict (`change_verdict`, "not tested" under `min_scored` scored texts), the verdict of each
     seed alone (`verdict_per_seed`, "seed 0: raised; seed 1: ..."; `seeds_agree` False where they
     differ), the share of IRM texts too short to score, median perplexity under the base host of
     both and their ratio (`perplexity_ratio` = median IRM / median base, the one perplexity
-    statistic), mean distinct-2, and `text` (text_quality from the gate: fluent or degenerate).
+    statistic), mean distinct-2, `text` (text_quality from the gate: fluent or degenerate) and
+    `flagged_runs`: "ok", or the runs read that are flagged (flags: {run name: irmlib.health's flag
+    label}; a flagged run is not evidence, so `claims` says not tested).
 
     scored: rows with `model` ("base" or a run name, runs.run_name), `mode`, `question`, `p_<emotion>`,
     `perplexity`, `distinct_2`, `gate`, `too_short`. variant: the runs read (runs.run_name's
@@ -38,7 +40,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
             irm = part[[is_run_of(model, emotion) and parse_run_name(model).variant == variant for model in part.model]]
             record = {"emotion": emotion, "mode": mode}
             for who, frame in (("base", base), ("irm", irm)):
-                mean, low, high = mean_ci(frame[f"p_{emotion}"])
+                mean, low, high = mean_ci(frame[f"p_{emotion}"], bounds=(0.0, 1.0), min_n=min_scored)
                 record |= {f"p_target_{who}": mean, f"p_target_{who}_low": low, f"p_target_{who}_high": high,
                            f"median_perplexity_{who}": float(frame.perplexity.median()), f"distinct_2_{who}": float(frame.distinct_2.mean())}
             record |= target_change(irm, base, emotion, min_scored)
@@ -48,7 +50,9 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
                        "seeds_agree": len(set(seeds.values())) <= 1,
                        "too_short_irm": float(irm.too_short.mean()) if len(irm) else float("nan"),
                        "perplexity_ratio": record["median_perplexity_irm"] / record["median_perplexity_base"],
-                       "text": text_quality(irm.gate, rules), "n_irm": len(irm)}
+                       "text": text_quality(irm.gate, rules), "n_irm": len(irm),
+                       "flagged_runs": "; ".join(f"{model}: {(flags or {}).get(model, 'ok')}" for model in dict.fromkeys(irm.model)
+                                          if (flags or {}).get(model, "ok") != "ok") or "ok"}
             records.append(record)
     return pd.DataFrame(records)
 
@@ -73,13 +77,15 @@ def tone_irms(host: Host, profile, rows: list[dict]) -> dict[str, IRM]:
     return irms
 
 
-def recipe_summary(scored: pd.DataFrame, profile, min_scored: int, rules: GateRules = GateRules()) -> pd.DataFrame:
+def recipe_summary(scored: pd.DataFrame, profile, min_scored: int, rules: GateRules = GateRules(),
+                   flags: dict[str, str] | None = None) -> pd.DataFrame:
     """`alignment_summary` of notebook 02's runs (recipe "profile") and, where the profile has a
-    `tone_arm`, of that arm's runs (recipe "arm <name>"), one below the other with a `recipe` column."""
+    `tone_arm`, of that arm's runs (recipe "arm <name>"), one below the other with a `recipe`
+    column. flags: {run name: flag} (irmlib.profile_runs.flags_of_runs), so a flagged run's tone is said to be no evidence."""
     recipes = {"profile": ""}
     if profile.tone_arm is not None:
         recipes[f"arm {profile.tone_arm}"] = arm_variant(profile, arm_profiles(profile)[profile.tone_arm], profile.tone_arm)
-    return pd.concat([alignment_summary(scored, profile.emotions, min_scored, rules, variant).assign(recipe=recipe)
+    return pd.concat([alignment_summary(scored, profile.emotions, min_scored, rules, variant, flags).assign(recipe=recipe)
                       for recipe, variant in recipes.items()], ignore_index=True)
 
 
@@ -143,7 +149,7 @@ def claims(summary: pd.DataFrame) -> list[Claim]:
     one recipe) and emotion (greedy generations): (1) the IRM raises the target emotion in fluent
     text: held where the paired change is "raised" and text_quality "fluent"; did not hold where it
     did not clearly change, was lowered, or came in degenerate text; not tested where too few texts
-    were scored. Seeds that disagree are named. (2) alignment costs fluency, where it was raised:
+    were scored or a run read is flagged (`flagged_runs`). Seeds that disagree are named. (2) alignment costs fluency, where it was raised:
     the median perplexity ratio above 1."""
     found = []
     summary = summary if "recipe" in summary else summary.assign(recipe="profile")
@@ -152,11 +158,13 @@ def claims(summary: pd.DataFrame) -> list[Claim]:
     for _, row in greedy.iterrows():
         emotion = row.emotion
         who = f"{row.recipe} {emotion}" if several else emotion
-        if row.verdict.startswith(NOT_TESTED):
+        flagged = row.get("flagged_runs", "ok") != "ok"  # a flagged run is not evidence, whatever its text
+        if flagged or row.verdict.startswith(NOT_TESTED):
             held = None
         else:
             held = row.verdict == "raised" and row.text == "fluent"
         seeds = "" if row.seeds_agree else f" The seeds differ: {row.verdict_per_seed}."
+        seeds += f" Flagged, so not evidence: {row.flagged_runs}." if flagged else ""
         found.append(Claim(f"1, {who}", f"The {who} IRM raises p({emotion}) in fluent text", verdict(held),
                            f"p({emotion}) {fmt(row.p_target_base)} (base) -> {fmt(row.p_target_irm)} (IRM), paired change "
                            f"{fmt(row.p_target_change, signed=True)} [{fmt(row.p_target_change_low, signed=True)}, "

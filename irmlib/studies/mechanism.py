@@ -279,7 +279,7 @@ def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
     """One arm's runs (from `run_arm`) in numbers, pooled over its evidence only (`evidence`: runs
     flagged unstable or host-damaged are counted and named, never pooled): mean shares, vertical
     continuity and yardstick (host, end: nats, comparable across arms), the shared dominant index
-    (None where no index dominates two runs), the per-run ones, top-1 / top-k agreement with the
+    (None where no index dominates two runs, and with fewer than two runs), the per-run ones, top-1 / top-k agreement with the
     number of run pairs and the chance rate of each (a random index per run: 1/hidden and
     k/hidden), NaN with fewer than two runs, and the objective's own best validation loss (its
     objective's: not comparable across arms). An arm with no evidence has NaN and None."""
@@ -301,7 +301,7 @@ def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
         "vertical_continuity": mean("vertical_continuity"),
         "yardstick_host": mean("yardstick_host"),
         "yardstick_end": mean("yardstick_end"),
-        "shared_dominant_index": shared_dominant_index({r["run"]: r["matrix"] for r in kept}) if kept else None,
+        "shared_dominant_index": shared_dominant_index({r["run"]: r["matrix"] for r in kept}) if several else None,
         "dominant_indices": [int(r["dominant_index"]) for r in kept],
         "top1_agreement": top1,
         f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
@@ -323,20 +323,38 @@ def curve_verdict(tracking: pd.DataFrame, column: str = "index_share", window: i
             f"{column}_final_move": float(np.mean(moves)) if moves else float("nan")}
 
 
+def representative_runs(results: list[dict], emotion: str) -> dict[str, dict]:
+    """Per arm (in the order of `results`), the run that stands for it where one run is shown (its
+    heatmap, its tone): its first run of `emotion` that counts as evidence (flag "ok"), else its
+    first run of `emotion`, flagged (and shown with its flag), else its first run."""
+    chosen = {}
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        own = [r for r in results if r["arm"] == arm]
+        of_emotion = [r for r in own if r["emotion"] == emotion] or own
+        chosen[arm] = next((r for r in of_emotion if r["flag"] == "ok"), of_emotion[0])
+    return chosen
+
+
 def arm_tone(host: Host, judge: EmotionJudge, irms: dict[str, object], arms: dict, emotion: str, questions: list[str], max_new_tokens: int,
-             min_scored: int) -> pd.DataFrame:
+             min_scored: int, shown_runs: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
     """The tone of each arm's IRM (tone_table), each arm prompted as it was trained:
     arms that share a prompt format share one base-host row, "base (<format>)", and each arm's
     paired change is against the base host prompted the same way.
 
-    irms: {arm: IRM}; arms: {arm: profile} (irmlib.profile_runs.arm_profiles). One row per base and per "arm <name>".
+    irms: {arm: IRM}; arms: {arm: profile} (irmlib.profile_runs.arm_profiles); shown_runs: {arm:
+    (run name, flag)} of the run each IRM is, shown as `run` and `flag` (a flagged run's tone is
+    not evidence: `claims` says not tested). One row per base and per "arm <name>".
     """
     tables = []
     for prompt_format in dict.fromkeys(arms[arm].prompt_format for arm in irms):
         group = {f"arm {arm}": irm for arm, irm in irms.items() if arms[arm].prompt_format == prompt_format}
         table = tone_table(host, judge, group, emotion, questions, prompt_format, max_new_tokens, min_scored)
         tables.append(table.rename(index={"base": f"base ({prompt_format})"}).assign(prompt_format=prompt_format))
-    return pd.concat(tables)
+    tone = pd.concat(tables)
+    if shown_runs is not None:
+        tone["run"] = [shown_runs[name.removeprefix("arm ")][0] if name.startswith("arm ") else "" for name in tone.index]
+        tone["flag"] = [shown_runs[name.removeprefix("arm ")][1] if name.startswith("arm ") else "" for name in tone.index]
+    return tone
 
 
 def prediction_ranks(predicted: dict[str, int], results: list[dict]) -> pd.DataFrame:
@@ -365,7 +383,9 @@ def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFr
     analysis.shared_index_agreement and its index share is analysis.striated_share_ratio x its
     layer share; (2) in Adam's rotated basis (E) the striation fades: E's index share under A's
     divided by that ratio; (3) per hypothesis, its predicted index ranks above chance
-    (`prediction_verdict`); (4) per arm, its IRM raises the target emotion in fluent text."""
+    (`prediction_verdict`); (4) per arm, its IRM raises the target emotion in fluent text (not
+    tested where the run scored is flagged: the tone table's `flag`). Arm A without a striation
+    leaves (2) not tested."""
     ratio, k = analysis.striated_share_ratio, analysis.top_k
 
     def shares_index(s: dict) -> bool:
@@ -387,10 +407,15 @@ def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFr
     if "E" in per_arm and a is not None:
         e = per_arm["E"]
         measured = e["runs"] > 0 and a["runs"] > 0  # an arm whose every run is flagged has no evidence
+        # A striation can only fade where arm A has one.
+        a_striated = measured and a["index_share"] >= ratio * a["layer_share"]
         found.append(Claim("2", "With Adam in a rotated basis (E) the striation fades",
-                           verdict(bool(e["index_share"] < a["index_share"] / ratio) if measured else None),
+                           verdict(bool(e["index_share"] < a["index_share"] / ratio) if a_striated else None),
                            f"Index share E {e['index_share']:.2f} against A {a['index_share']:.2f} (fades: under A's / {ratio:g}); "
-                           f"E's dominant indices {e['dominant_indices']}."))
+                           f"E's dominant indices {e['dominant_indices']}."
+                           + ("" if a_striated or not measured else
+                              f" Arm A has no striation to fade (index share {a['index_share']:.2f} under {ratio:g} x its layer share "
+                              f"{a['layer_share']:.2f}).")))
     for name, index in predicted.items():
         result = prediction_verdict(ranks.loc[name].to_numpy(), hidden, k)
         found.append(Claim(f"3, {name}", f"Hypothesis {name}'s index ({index}) ranks above chance in the runs' importance", result["verdict"],
@@ -398,9 +423,12 @@ def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFr
                            f"{result[f'top{k}_in']} (chance {result[f'top{k}_chance']:.4f} per run, one-sided binomial p "
                            f"{result['p_value']:.3g}); median rank {result['median_rank']:g} against chance's {result['chance_median_rank']:g}."))
     for name, row in tone[tone.verdict != "base"].iterrows():
-        held = None if str(row.verdict).startswith(NOT_TESTED) else bool(row.verdict == "raised" and row.text == "fluent")
+        flag = row.get("flag", "ok")
+        flagged = isinstance(flag, str) and flag != "ok"  # a flagged run is not evidence, whatever its text
+        held = None if flagged or str(row.verdict).startswith(NOT_TESTED) else bool(row.verdict == "raised" and row.text == "fluent")
         found.append(Claim(f"4, {name}", f"{name}'s IRM raises the target emotion in fluent text", verdict(held),
-                           f"p_target {fmt(row.p_target)}, change {fmt(row.p_target_change, 4, True)} "
+                           (f"Run {row.run} is flagged {flag}: not evidence. " if flagged else "")
+                           + f"p_target {fmt(row.p_target)}, change {fmt(row.p_target_change, 4, True)} "
                            f"[{fmt(row.p_target_change_low, 4, True)}, {fmt(row.p_target_change_high, 4, True)}] over {int(row.scored)} scored texts: {row.verdict}; median perplexity "
                            f"{fmt(row.median_perplexity, 1)}, distinct-2 {fmt(row.distinct_2)}; text {row.text}."))
     return found

@@ -21,7 +21,7 @@ from ..host import Host
 from ..irm import IRM, IRMConfig
 from ..residual import host_hidden_states, host_ranks
 from ..runs import capture_path, run_name
-from ..striation import (importance_correlations, index_importance, rank_of, shared_dominant_index, shuffled_control,
+from ..striation import (dominant_index, importance_correlations, index_importance, rank_of, shared_dominant_index, shuffled_control,
                          striation_metrics, top_k_agreement)
 
 
@@ -61,13 +61,17 @@ def clearest_first(table: pd.DataFrame, names: Sequence[str]) -> list[str]:
 
 def consistency(matrices: dict[str, np.ndarray], k: int) -> dict:
     """Across the trained runs: the shared dominant index (None where no index dominates two
-    runs), top-1 and top-k agreement (NaN with one run), the run-by-run Spearman matrix of
-    per-index importance and its median off the diagonal."""
+    runs), `tied_with` (other indices that dominate as many runs: the shared one was chosen among
+    them by pooled importance), top-1 and top-k agreement (NaN with one run), the run-by-run
+    Spearman matrix of per-index importance and its median off the diagonal."""
     importances = {name: index_importance(m) for name, m in matrices.items()}
     several = len(importances) > 1
     correlations = importance_correlations(importances)
     off_diagonal = correlations.to_numpy()[~np.eye(len(correlations), dtype=bool)]
-    return {"shared_dominant_index": shared_dominant_index(matrices),
+    shared = shared_dominant_index(matrices)
+    dominants = [dominant_index(m) for m in matrices.values()]
+    tied = sorted({i for i in dominants if i != shared and dominants.count(i) == dominants.count(shared)}) if shared is not None else []
+    return {"shared_dominant_index": shared, "tied_with": tied,
             "top1_agreement": top_k_agreement(importances, 1) if several else float("nan"),
             f"top{k}_agreement": top_k_agreement(importances, k) if several else float("nan"),
             "median_spearman": float(np.median(off_diagonal)) if len(off_diagonal) else float("nan"),
@@ -171,6 +175,8 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
         Claim("3", "One index dominates every run", verdict(shared is not None and shared_count == len(per_run)),
               (f"Shared dominant index {shared} dominates {shared_count} of {plural(len(per_run), 'run')}" if shared is not None
                else "No shared index: no index dominates two runs")
+              + (f", tied with {agreement['tied_with']} (as many runs each; {shared} has the larger pooled importance)"
+                 if agreement.get("tied_with") else "")
               + f" (per run: {per_run}); {agree}."),
         Claim("4", "The dominant index is the host's massive-activation dimension",
               verdict(None if shared is None else shared == massive_index),
