@@ -228,6 +228,27 @@ def test_vertical_continuity_claims():
     assert agreement["tied_with"] == [] and vertical_continuity.consistency({n: runs[n] for n in trained}, 5)["tied_with"] == []
 
 
+def test_vertical_continuity_reads_unflagged_runs_and_names_the_others():
+    names = ["anger-seed0", "neutral-seed0", "sadness-seed0"]
+    kept, flagged = vertical_continuity.evidence_runs(names, {"anger-seed0": "ok", "neutral-seed0": "host damaged", "sadness-seed0": "ok"})
+    assert kept == ["anger-seed0", "sadness-seed0"] and flagged == {"neutral-seed0": "host damaged"}
+    every, all_flagged = vertical_continuity.evidence_runs(names[:2], {"anger-seed0": "unstable", "neutral-seed0": "host damaged"})
+    assert every == names[:2] and len(all_flagged) == 2  # still shown, but no claim rests on them
+    runs = {"anger-seed0": striated(index=3), "neutral-seed0": striated(index=3, seed=1),
+            "untrained": np.random.default_rng(5).uniform(0, 1, (6, 20))}
+    table = vertical_continuity.striation_table(runs, ["anger-seed0"], 5)
+    agreement = vertical_continuity.consistency({n: runs[n] for n in every}, 5)
+    host = pd.DataFrame({"massive_ratio_max": np.arange(20.0), "layer_norm_gain": np.ones(20), "final_norm_gain": np.ones(20),
+                         "lm_head_column_norm": np.ones(20)})
+    ranks = vertical_continuity.dominant_ranks_on_host(host, {n: 3 for n in every})
+    steering = pd.DataFrame({"dominant_index": [3], "index_share": [0.5], "spearman_with_irm": [0.1]}, index=["anger, all tokens"])
+    found = vertical_continuity.claims(table, every, ["anger-seed0 (shuffled)"], agreement, 3, 100.0, ranks, steering, ANALYSIS, all_flagged)
+    assert {c.verdict for c in found} == {NOT_TESTED} and "Every run is flagged" in found[0].evidence
+    some = vertical_continuity.claims(table, every[:1], ["anger-seed0 (shuffled)"], vertical_continuity.consistency({"anger-seed0": runs["anger-seed0"]}, 5),
+                                      3, 100.0, ranks.iloc[:1], steering, ANALYSIS, {"neutral-seed0": "host damaged"})
+    assert some[0].verdict == HELD and "Left out as flagged: {'neutral-seed0': 'host damaged'}" in some[0].evidence
+
+
 def test_clearest_first_orders_panels_by_striation():
     table = vertical_continuity.striation_table({"flat": layered(), "sharp": striated(index=2, height=20.0),
                                                  "mild": striated(index=5, height=1.0)}, [], 5)

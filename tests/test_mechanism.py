@@ -67,7 +67,7 @@ def test_norm_gains_frequency_alignment_and_predictions(tiny_host):
 def test_arms_of_the_cpu_profile():
     profile = load_profile("cpu")
     arms = arm_profiles(profile)
-    assert set(arms) == {"A", "B", "C", "D", "E", "F", *LAYER_SUBSETS}
+    assert set(arms) == {"A", "B", "C", "D", "E", "F", "T", *LAYER_SUBSETS}
     assert {name: list(arms[name].irm["injected_layers"]) for name in LAYER_SUBSETS} == LAYER_SUBSETS
     assert all(arms[name].train.objective_spec == arms["A"].train.objective_spec for name in LAYER_SUBSETS)
     spec = {name: arm.train.objective_spec for name, arm in arms.items()}
@@ -84,10 +84,14 @@ def test_arms_of_the_cpu_profile():
     # F keeps the companion's first tone recipe: the paper's step decay, no warmup, no clipping.
     assert (tone_recipe.train.decay, tone_recipe.train.warmup_steps, tone_recipe.train.clip_grad_norm) == ("step", 0, None)
     assert (arms["A"].train.decay, arms["A"].train.warmup_steps, arms["A"].train.clip_grad_norm) == ("cosine", 15, 1.0)
+    # T, notebook 03's tone arm, is B at the regime map's recommended rate, on A's schedule and steps.
+    assert profile.tone_arm == "T" and arms["T"].train.objective_spec == arms["B"].train.objective_spec
+    assert arms["T"].train.lr == 1e-4 and arms["B"].train.lr == 1e-3
+    assert replace(arms["T"].train, lr=arms["B"].train.lr) == arms["B"].train
     runs = arm_runs(profile)
     assert len(runs) == len(set(runs)) and {r[0] for r in runs} == set(arms)
     assert sum(r[0] == "A" for r in runs) == 4 and sum(r[0] == "B" for r in runs) == 4
-    assert all(sum(r[0] == arm for r in runs) == 3 for arm in "CDE") and all(sum(r[0] == arm for r in runs) == 2 for arm in LAYER_SUBSETS)
+    assert all(sum(r[0] == arm for r in runs) == 3 for arm in "CDEFT") and all(sum(r[0] == arm for r in runs) == 2 for arm in LAYER_SUBSETS)
     # An arm that trains exactly as the profile's own runs shares them (no variant); others get their own.
     assert arm_variant(profile, arms["B"], "B") == "armB"
     assert arm_variant(profile, arms["A"], "A") == ""

@@ -14,7 +14,7 @@ import torch
 from accelerate.utils import set_seed
 from steering_vectors import train_steering_vector
 
-from ..claims import Claim, fmt, plural, verdict
+from ..claims import NOT_TESTED, Claim, fmt, plural, verdict
 from ..data import as_datasets
 from ..generate import CapturedOutputs, capture_irm_outputs
 from ..host import Host
@@ -51,6 +51,15 @@ def striation_table(matrices: dict[str, np.ndarray], shuffled_runs: Sequence[str
     metrics = {name: striation_metrics(matrix, k) for name, matrix in matrices.items()}
     metrics |= {f"{name} (shuffled)": striation_metrics(shuffled_control(matrices[name], seed=0), k) for name in shuffled_runs}
     return pd.DataFrame(metrics).T
+
+
+def evidence_runs(names: Sequence[str], flags: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The runs the claims read and the flagged ones ({name: flag}, irmlib.profile_runs.flags_of_runs):
+    runs flagged unstable or host damaged are shown, never pooled. Where every run is flagged,
+    all are read (so the tables and figures still show them) and `claims` says not tested."""
+    flagged = {name: flags[name] for name in names if flags.get(name, "ok") != "ok"}
+    kept = [name for name in names if name not in flagged]
+    return (kept or list(names)), flagged
 
 
 def clearest_first(table: pd.DataFrame, names: Sequence[str]) -> list[str]:
@@ -146,7 +155,8 @@ def steering_comparison(host: Host, rows: list[dict], profile, importances: dict
 
 
 def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str], agreement: dict, massive_index: int,
-           massive_ratio: float, ranks: pd.DataFrame, steering: pd.DataFrame, analysis) -> list[Claim]:
+           massive_ratio: float, ranks: pd.DataFrame, steering: pd.DataFrame, analysis,
+           flagged: dict[str, str] | None = None) -> list[Claim]:
     """Notebook 04's claims about the trained runs (rows of `table`, from `striation_table`):
     (1) striations: the mean index share over analysis.striated_share_ratio x the largest of the
     mean layer share, the untrained control's and the shuffled controls' index share; (2) the
@@ -154,7 +164,8 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
     analysis.nearly_every_layer); (3) one index dominates every run (a shared index that is
     every run's dominant index; none where no index dominates two runs); (4) that index is the
     host's massive-activation dimension; (5) a steering vector peaks at the shared index (4 and 5
-    not tested without a shared index)."""
+    not tested without a shared index). flagged: {run: flag} of runs left out (`evidence_runs`),
+    named in claim 1; where every run read is flagged, every claim is not tested."""
     runs, controls = table.loc[list(trained)], table.loc[list(shuffled)]
     ratio = analysis.striated_share_ratio
     index_share, layer_share = float(runs.index_share.mean()), float(runs.layer_share.mean())
@@ -192,4 +203,10 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
                            f"{steering.index_share.astype(float).round(2).to_dict()}; Spearman with the IRM's importance "
                            f"{steering.spearman_with_irm.astype(float).round(2).to_dict()}"
                            + ("; there is no shared index to compare with." if shared is None else ".")))
+    flagged = flagged or {}
+    if flagged:
+        left_out = f" Left out as flagged: {flagged}."
+        found[0] = Claim(found[0].number, found[0].statement, found[0].verdict, found[0].evidence + left_out)
+    if trained and all(name in flagged for name in trained):
+        found = [Claim(c.number, c.statement, NOT_TESTED, f"Every run is flagged, so none is evidence. {c.evidence}") for c in found]
     return found
