@@ -15,11 +15,13 @@ word salad, read by the host's states):
   with a host, also a text of `order_min_words` words or more whose own word order the host finds
   hardly likelier than shuffled orders of the same words: its mean next-token negative
   log-likelihood (NLL, nats per token) is less than `order_min_gain` below the mean NLL of
-  `order_shuffles` shuffles of its words (`order_gain`). Word salad ("7 moons can on Mars orbit")
-  reads about as well shuffled; a sentence, a list or a fragment of rare words reads much worse;
+  `order_shuffles` shuffles of its words (`order_gain`). Word salad ("3 chambers, heart beating a
+  chamber, blood.") reads about as well shuffled; a sentence, a list or a phrase of rare words reads
+  much worse. Shorter texts are left to the other rules: a fluent five-word exclamation can read
+  almost as well shuffled;
 - `fluent`: everything else, right or wrong.
 
-The rules were set on the dev split of data/judge_eval/gate.jsonl and are measured on its test
+The rules, the word-order rule included, were set on the dev split of data/judge_eval/gate.jsonl and are measured on its test
 split by `irmlib.studies.data_sheet.gate_eval` (data/judge_eval/README.md). A set of texts is
 degenerate when more than half are too short or more than `max_degenerate_share` are degenerate
 (`irmlib.scoring.text_quality`). Perplexity is part of the gate where a host is given: the
