@@ -111,6 +111,12 @@ class EmotionJudge:
     def labels(self) -> list[str]:
         return [str(label) for label in self.classifier.classes_]
 
+    @property
+    def base_host(self) -> Host:
+        """The host the judge reads with (the embedded base host, float32 on the CPU, never hooked):
+        the one whose perplexity the gate's word-order rule was set and measured with."""
+        return self.reader.host
+
     def read(self, texts: list[str], host: Host | None = None) -> tuple[list[str], pd.DataFrame]:
         """Each text's gate label and the [texts, emotions] probabilities, NaN in every column for
         a text the gate does not call fluent; the host reads each text once. `host`: the base host

@@ -130,7 +130,7 @@ def score_generations(host: Host, judge: EmotionJudge, generations: pd.DataFrame
     scored = generations.reset_index(drop=True).copy()
     # The gate's perplexity is read under the judge's own host: the embedded base host, hook-free,
     # the one its thresholds were set and measured with (notebook 01), whatever host generated.
-    scored["gate"], probabilities = judge.read(scored.text.tolist(), host=judge.reader.host)
+    scored["gate"], probabilities = judge.read(scored.text.tolist(), host=judge.base_host)
     probabilities = probabilities.add_prefix("p_")
     off = injection.settings(active=False) if injection is not None else nullcontext()
     with off:

@@ -26,10 +26,10 @@ def main() -> dict:
     gate = [row for row in load_judge_eval("gate") if row["split"] == "test"]
     fresh_tone, _ = data_sheet.eval_rows("fresh")
     texts, labels = [row["text"] for row in fresh_tone], [row["label"] for row in fresh_tone]
-    measures = {"judge": data_sheet.judge_eval(judge, tone), "gate": data_sheet.gate_eval(judge, gate, tone, host=judge.reader.host),
+    measures = {"judge": data_sheet.judge_eval(judge, tone), "gate": data_sheet.gate_eval(judge, gate, tone, host=judge.base_host),
                 "judge_cv_accuracy": judge.cv_accuracy,
                 "fresh": {"judge": data_sheet.judge_eval(judge, by=("source", "hard_case"), split="fresh"),
-                          "gate": data_sheet.gate_eval(judge, split="fresh", host=judge.reader.host),
+                          "gate": data_sheet.gate_eval(judge, split="fresh", host=judge.base_host),
                           "hardness": {"texts": len(texts),
                                        "bag_of_words": data_sheet.tone_separability(texts, labels),
                                        "word_count_only": data_sheet.length_only_accuracy(labels, [len(t.split()) for t in texts])}}}

@@ -97,6 +97,6 @@ def test_with_its_host_the_judges_gate_adds_the_word_order_rule(judge):
     short answer or a sentence is left as the gate without the host labels it."""
     salad, texts = "3 chambers, heart beating a chamber, blood.", ["Waterloo.", "A: Paris", "The Strait of Gibraltar connects them."]
     assert judge.gate([salad]) == ["fluent"]
-    assert judge.gate([salad] + texts, host=judge.reader.host) == ["degenerate"] + judge.gate(texts)
-    labels, probabilities = judge.read([salad], host=judge.reader.host)
+    assert judge.gate([salad] + texts, host=judge.base_host) == ["degenerate"] + judge.gate(texts)
+    labels, probabilities = judge.read([salad], host=judge.base_host)
     assert labels == ["degenerate"] and probabilities.isna().all().all()
