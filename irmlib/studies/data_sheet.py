@@ -250,7 +250,7 @@ def instrument_claims(judge_measure: dict, gate_measure: dict, analysis) -> list
     split): (4) the judge reads the tone of answers (`judge_eval`: accuracy at least
     `analysis.judge_min_accuracy`, every label's recall at least `analysis.judge_min_recall`);
     (5) the fluency gate finds degenerate text (`gate_eval`: precision and recall at least
-    `analysis.gate_min_precision` and `gate_min_recall`)."""
+    `analysis.gate_min_precision` and `gate_min_recall`; it says whether the gate used perplexity)."""
     j, g = judge_measure, gate_measure
     return [
         Claim("4", "The judge reads the tone of answers",
@@ -264,5 +264,7 @@ def instrument_claims(judge_measure: dict, gate_measure: dict, analysis) -> list
               f"On {g['texts']} held-out texts: precision {g['precision']:.3f} [{g['precision_interval'][0]:.2f}, "
               f"{g['precision_interval'][1]:.2f}], recall {g['recall']:.3f} [{g['recall_interval'][0]:.2f}, "
               f"{g['recall_interval'][1]:.2f}] (each needs {analysis.gate_min_precision:g} / {analysis.gate_min_recall:g}); "
-              f"{g['tone_false_degenerate']:.1%} of {g['tone_texts']} fluent tone texts called degenerate."),
+              f"{g['tone_false_degenerate']:.1%} of {g['tone_texts']} fluent tone texts called degenerate; "
+              + (f"perplexity under {g['perplexity_host']} is part of the gate." if g.get("perplexity_host")
+                 else "perplexity is not part of the gate (no host given).")),
     ]
