@@ -28,7 +28,7 @@ import torch
 
 from .atomic import atomic_path
 from .data import load_judge, load_judge_eval
-from .gate import GateRules, gate_texts
+from .gate import GateRules, gate_texts, shuffled_words
 from .host import Host, cache_dir, load_host
 from .inject import layer_output
 
@@ -111,32 +111,41 @@ class EmotionJudge:
     def labels(self) -> list[str]:
         return [str(label) for label in self.classifier.classes_]
 
-    def read(self, texts: list[str]) -> tuple[list[str], pd.DataFrame]:
+    @property
+    def base_host(self) -> Host:
+        """The host the judge reads with (the embedded base host, float32 on the CPU, never hooked):
+        the one whose perplexity the gate's word-order rule was set and measured with."""
+        return self.reader.host
+
+    def read(self, texts: list[str], host: Host | None = None) -> tuple[list[str], pd.DataFrame]:
         """Each text's gate label and the [texts, emotions] probabilities, NaN in every column for
-        a text the gate does not call fluent; the host reads each text once."""
+        a text the gate does not call fluent; the host reads each text once. `host`: the base host
+        whose perplexity the gate uses (irmlib.gate.gate_texts); None: the gate without it."""
         texts = [str(text) for text in texts]
-        labels, states = self._read(texts)
+        labels, states = self._read(texts, host)
         table = pd.DataFrame(np.nan, index=range(len(texts)), columns=self.labels)
         fluent = [i for i, label in enumerate(labels) if label == "fluent"]
         if fluent:
             table.loc[fluent] = self.classifier.predict_proba(states[fluent])
         return labels, table
 
-    def gate(self, texts: list[str]) -> list[str]:
-        """The fluency gate for each text: irmlib.gate's rules, then word salad (see `_read`)."""
-        return self._read([str(text) for text in texts])[0]
+    def gate(self, texts: list[str], host: Host | None = None) -> list[str]:
+        """The fluency gate for each text: irmlib.gate's rules, the word-order rule where `host` (the
+        base host) is given, then word salad (see `_read`)."""
+        return self._read([str(text) for text in texts], host)[0]
 
     def probabilities(self, texts: list[str]) -> pd.DataFrame:
         """[texts, emotions] probabilities; NaN in every column for a text the gate does not call fluent."""
         return self.read(texts)[1]
 
-    def _read(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
-        """Gate labels, and the host's states of the texts the rules call fluent (zeros elsewhere).
+    def _read(self, texts: list[str], host: Host | None = None) -> tuple[list[str], np.ndarray]:
+        """Gate labels (`gate_texts`: the rules, and the word-order rule under `host` where it is
+        given), and the host's states of the texts they call fluent (zeros elsewhere).
         Such a text of `rules.salad_min_words` words or more that the probe reads as shuffled with
         probability `rules.salad_probability` or more (`self.rules`) is degenerate. Numbered lists are left to
         the rules: fitted on prose, the probe reads "1) solid 2) liquid 3) gas" as shuffled."""
         rules = self.rules
-        labels = gate_texts(texts, rules)
+        labels = gate_texts(texts, rules, host)
         states = np.zeros((len(texts), self.reader.host.model.config.hidden_size), np.float32)
         read = [i for i, label in enumerate(labels) if label == "fluent"]
         if read:
@@ -147,16 +156,6 @@ class EmotionJudge:
                         and not NUMBERED_LIST.search(texts[i])):
                     labels[i] = "degenerate"
         return labels, states
-
-
-def shuffled_words(text: str, rng: random.Random) -> str:
-    """The text's whitespace-separated words in another order (reversed if no shuffle differs)."""
-    words = text.split()
-    for _ in range(10):
-        order = rng.sample(words, len(words))
-        if order != words:
-            return " ".join(order)
-    return " ".join(reversed(words))
 
 
 def train_judge(rows: list[dict], folds: int = 5, seed: int = 0, reader: HostReader | None = None,

@@ -61,6 +61,9 @@ class AnalysisConfig:
     gate_top_word_min_words: PositiveInt = GateRules.top_word_min_words
     gate_salad_probability: float = GateRules.salad_probability
     gate_salad_min_words: PositiveInt = GateRules.salad_min_words
+    gate_order_min_gain: float = GateRules.order_min_gain
+    gate_order_min_words: PositiveInt = GateRules.order_min_words
+    gate_order_shuffles: PositiveInt = GateRules.order_shuffles
     gate_max_degenerate_share: float = GateRules.max_degenerate_share
     length_check_texts: PositiveInt | None = None  # 01 claim 3: rewrites the judge scores (None: all)
     judge_min_accuracy: float = 0.85  # 01 claim 4: the judge's accuracy on held-out answers

@@ -3,7 +3,8 @@ fluency measures (perplexity under the base host, distinct-2), a set's quality a
 statistics every verdict reads.
 
 Every table of scored generations has one row per generation with `question`, `text`, `gate`
-(fluent, degenerate or too_short: irmlib.gate and the judge's word-salad probe), `too_short`,
+(fluent, degenerate or too_short: irmlib.gate with the base host's perplexity, and the judge's
+word-salad probe), `too_short`,
 `p_<emotion>` (NaN unless the gate calls the text fluent), `perplexity` and `distinct_2`.
 """
 
@@ -128,11 +129,14 @@ def text_quality(gates, rules: GateRules = GateRules()) -> str:
 
 
 def score_generations(host: Host, judge: EmotionJudge, generations: pd.DataFrame, prompt_format: str, injection=None) -> pd.DataFrame:
-    """Add the fluency gate (`gate`, `too_short`), judge probabilities (`p_<emotion>`, NaN for a text
+    """Add the fluency gate (`gate`, `too_short`: the rules, the word-order rule under the embedded
+    base host and the word-salad probe, as notebook 01 measures it), judge probabilities (`p_<emotion>`, NaN for a text
     the gate does not call fluent), base-host perplexity and distinct-2 to a table with `question`
     and `text` columns. The IRM, if any, is switched off for perplexity."""
     scored = generations.reset_index(drop=True).copy()
-    scored["gate"], probabilities = judge.read(scored.text.tolist())
+    # The gate's perplexity is read under the judge's own host: the embedded base host, hook-free,
+    # the one its thresholds were set and measured with (notebook 01), whatever host generated.
+    scored["gate"], probabilities = judge.read(scored.text.tolist(), host=judge.base_host)
     probabilities = probabilities.add_prefix("p_")
     off = injection.settings(active=False) if injection is not None else nullcontext()
     with off:

@@ -375,24 +375,25 @@ class RuleJudge:
     irmlib.gate's rules call fluent, NaN for the rest, as the real judge leaves them."""
 
     labels = ["anger", "neutral"]
+    base_host = None  # no model: the gate without perplexity
 
     def __init__(self, anger):
         from irmlib.gate import GateRules
 
         self.anger, self.rules = anger, GateRules()
 
-    def read(self, texts):
+    def read(self, texts, host=None):
         import numpy as np
         import pandas as pd
 
         from irmlib.gate import gate_texts
 
-        labels = gate_texts(texts, self.rules)
+        labels = gate_texts(texts, self.rules, host)
         p = np.array([self.anger(t) if label == "fluent" else np.nan for t, label in zip(texts, labels)], dtype=float)
         return labels, pd.DataFrame({"anger": p, "neutral": 1 - p})
 
-    def gate(self, texts):
-        return self.read(texts)[0]
+    def gate(self, texts, host=None):
+        return self.read(texts, host)[0]
 
     def probabilities(self, texts):
         return self.read(texts)[1]

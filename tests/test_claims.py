@@ -98,6 +98,10 @@ def test_instrument_claims_need_every_threshold():
     assert by_number(data_sheet.instrument_claims(judge_measure(0.9, 0.8), gate_measure(1.0, 0.96), ANALYSIS)) == {"4": HELD, "5": HELD}
     failed = data_sheet.instrument_claims(judge_measure(0.9, 0.7), gate_measure(1.0, 0.94), ANALYSIS)
     assert by_number(failed) == {"4": NOT_HELD, "5": NOT_HELD} and "sadness 0.700" in str(failed[0])
+    assert "perplexity is not part of the gate" in str(failed[1])
+    with_host = data_sheet.instrument_claims(judge_measure(0.9, 0.8), {**gate_measure(1.0, 0.96), "perplexity_host": "SmolLM2-135M-Instruct"},
+                                             ANALYSIS)
+    assert "perplexity under SmolLM2-135M-Instruct is part of the gate" in str(with_host[1])
     assert by_number(data_sheet.instrument_claims(judge_measure(0.84, 0.8), gate_measure(0.94, 1.0), ANALYSIS)) == {"4": NOT_HELD, "5": NOT_HELD}
 
 

@@ -27,7 +27,7 @@ class _RuleJudge:
         table.loc[[len(t.split()) < 2 for t in texts]] = np.nan
         return table
 
-    def gate(self, texts):
+    def gate(self, texts, host=None):
         return ["too_short" if len(t.split()) < 2 else "degenerate" if "," in t else "fluent" for t in texts]
 
 
@@ -92,6 +92,7 @@ def test_gate_eval_counts_degenerate_as_the_positive_class():
     assert measure["precision"] == 0.5 and measure["recall"] == 0.5 and measure["label_accuracy"] == 0.5
     assert [w["text"] for w in measure["wrong"]] == ["c, d", "e f"]
     assert measure["tone_false_degenerate"] == 0.5 and measure["tone_not_fluent"] == ["x, y"]
+    assert measure["perplexity_host"] is None  # no host given: the gate used no perplexity
 
 
 def test_judge_length_check_scores_at_most_its_limit():

@@ -1,12 +1,14 @@
-"""The fluency gate's rules (irmlib.gate), no model: what each rule catches, the texts it must
-leave alone, and its measure on the dev split it was set on."""
+"""The fluency gate (irmlib.gate): its rules, no model: what each rule catches, the texts it must
+leave alone, and its measure on the dev split it was set on; then its word-order rule under the
+embedded host."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from irmlib.data import load_alignment, load_judge, load_judge_eval, rewrite_of
-from irmlib.gate import GateRules, gate_reason, gate_text
+from irmlib.gate import GateRules, gate_reason, gate_text, gate_texts, order_gain, text_nll
 
 
 @pytest.mark.parametrize("text, label", [
@@ -46,3 +48,54 @@ def test_on_the_dev_split_the_rules_find_degenerate_text_without_false_alarms():
     assert hits == sum(g == "degenerate" for g in gated), "a fluent or short dev text called degenerate"
     assert hits / sum(row["label"] == "degenerate" for row in rows) >= 0.95
     assert all(gate_text(row["text"]) == "fluent" for row in load_judge_eval("tone") if row["split"] == "dev")
+
+
+# ----- the word-order rule: perplexity under the embedded host -----
+
+SALAD = "3 chambers, heart beating a chamber, blood."  # dev split: word salad the rules let through
+SENTENCES = ["The Strait of Gibraltar connects them.", "Plants owe their green color to the pigment chlorophyll.",
+             "1) gravity 2) electromagnetism 3) strong force 4) weak force"]
+SHORT_ANSWERS = ["Waterloo.", "A: Paris", "Lake Baikal.", "The answer is: Ottawa.", "Two atria, two ventricles."]
+
+
+@pytest.mark.slow
+def test_text_nll_is_the_same_alone_and_in_a_batch(embedded_host):
+    texts = ["Paris.", SENTENCES[1], SALAD, ""]
+    together = text_nll(embedded_host, texts, batch_size=4)
+    alone = [text_nll(embedded_host, [text])[0] for text in texts]
+    assert np.isnan(together[3]) and np.isnan(alone[3])  # an empty text has no token to predict
+    np.testing.assert_allclose(together[:3], alone[:3], rtol=1e-4)
+    sentence = SENTENCES[0]
+    reversed_words = " ".join(reversed(sentence.split()))
+    assert 0 < text_nll(embedded_host, [sentence])[0] < text_nll(embedded_host, [reversed_words])[0]
+
+
+@pytest.mark.slow
+def test_word_salad_reads_as_well_shuffled_a_sentence_does_not(embedded_host):
+    gains = order_gain(embedded_host, SENTENCES + [SALAD, "0 gold the is symbol gold"])
+    assert (gains[:3] >= GateRules.order_min_gain).all() and (gains[3:] < GateRules.order_min_gain).all(), gains
+
+
+@pytest.mark.slow
+def test_with_the_host_word_salad_is_degenerate_and_short_answers_never(embedded_host):
+    assert gate_text(SALAD) == "fluent"  # the rules alone let it through
+    assert gate_texts([SALAD] + SENTENCES, host=embedded_host) == ["degenerate"] + ["fluent"] * len(SENTENCES)
+    assert gate_texts(SHORT_ANSWERS, host=embedded_host) == [gate_text(text) for text in SHORT_ANSWERS]
+    # A threshold no text reaches turns the rule off; one every text misses flags every long fluent text.
+    assert gate_texts([SALAD], GateRules(order_min_gain=-100.0), host=embedded_host) == ["fluent"]
+    assert gate_texts(SENTENCES, GateRules(order_min_gain=100.0), host=embedded_host) == ["degenerate"] * len(SENTENCES)
+
+
+def test_without_a_host_the_gate_is_the_rules():
+    texts = [SALAD, *SENTENCES, *SHORT_ANSWERS, "the of the of the of the of", ""]
+    assert gate_texts(texts) == [gate_text(text) for text in texts]
+
+
+@pytest.mark.slow
+def test_on_the_dev_split_the_word_order_rule_calls_no_fluent_text_degenerate(embedded_host):
+    """The rule was set on these texts: every dev text labelled fluent or too short, and every dev
+    tone text (all fluent), stays as the rules label it; it adds the salad the rules missed."""
+    rows = [row for row in load_judge_eval("gate") if row["split"] == "dev" and row["label"] != "degenerate"]
+    rows += [row for row in load_judge_eval("tone") if row["split"] == "dev"]
+    texts = [row["text"] for row in rows]
+    assert gate_texts(texts, host=embedded_host) == gate_texts(texts)

@@ -88,3 +88,15 @@ def test_the_measuring_script_prints_the_measures_of_the_datasheet(judge, monkey
     assert printed["judge"]["texts"] == 144 and printed["gate"]["texts"] == 103
     assert set(measures["judge"]["recall"]) == {"anger", "sadness", "joy", "neutral"}
     assert 0.0 <= printed["gate"]["precision"] <= 1.0 and printed["judge"]["unscored"] == 0
+
+
+@pytest.mark.slow
+def test_with_its_host_the_judges_gate_adds_the_word_order_rule(judge):
+    """The gate notebooks score generations with (irmlib.scoring.score_generations): word salad the
+    rules and the probe let through is degenerate under the judge's own (embedded) host, and a
+    short answer or a sentence is left as the gate without the host labels it."""
+    salad, texts = "3 chambers, heart beating a chamber, blood.", ["Waterloo.", "A: Paris", "The Strait of Gibraltar connects them."]
+    assert judge.gate([salad]) == ["fluent"]
+    assert judge.gate([salad] + texts, host=judge.base_host) == ["degenerate"] + judge.gate(texts)
+    labels, probabilities = judge.read([salad], host=judge.base_host)
+    assert labels == ["degenerate"] and probabilities.isna().all().all()

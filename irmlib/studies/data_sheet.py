@@ -24,6 +24,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from ..claims import Claim, verdict
 from ..data import EMOTIONS, SPLITS, load_judge_eval
+from ..host import Host
 from ..judge import EmotionJudge
 from ..scoring import mean_ci
 
@@ -163,24 +164,26 @@ def judge_eval(judge: EmotionJudge, rows: list[dict] | None = None, by: tuple[st
 
 
 def gate_eval(judge: EmotionJudge, gate_rows: list[dict] | None = None, tone_rows: list[dict] | None = None,
-              split: str = "test") -> dict:
-    """The fluency gate (`judge.gate`, the rules and the word-salad probe) on hand-labelled texts
+              split: str = "test", host: Host | None = None) -> dict:
+    """The fluency gate (`judge.gate`: the rules, the word-order rule under the base `host` where it
+    is given, and the word-salad probe) on hand-labelled texts
     (`gate_rows`; without them, the gate rows of `split`, see `eval_rows`: data/judge_eval/gate.jsonl's
     test split by default, "fresh" for gate_fresh.jsonl), degenerate the positive class: precision
     and recall with 95% Wilson intervals, the accuracy over the three labels, the texts it got wrong,
-    and the false-degenerate rate on tone texts (all fluent; `tone_rows`, else those of `split`)."""
+    and the false-degenerate rate on tone texts (all fluent; `tone_rows`, else those of `split`).
+    `perplexity_host` names the host whose perplexity the gate used, None where it used none."""
     if gate_rows is None or tone_rows is None:
         tone_of_split, gate_of_split = eval_rows(split)
         gate_rows = gate_of_split if gate_rows is None else gate_rows
         tone_rows = tone_of_split if tone_rows is None else tone_rows
     truth = np.asarray([row["label"] for row in gate_rows])
-    gated = np.asarray(judge.gate([row["text"] for row in gate_rows]))
+    gated = np.asarray(judge.gate([row["text"] for row in gate_rows], host))
     hits = int(((gated == "degenerate") & (truth == "degenerate")).sum())
     precision = proportion(hits, int((gated == "degenerate").sum()))
     recall = proportion(hits, int((truth == "degenerate").sum()))
-    tone_gated = np.asarray(judge.gate([row["text"] for row in tone_rows]))
+    tone_gated = np.asarray(judge.gate([row["text"] for row in tone_rows], host))
     false_degenerate = proportion(int((tone_gated == "degenerate").sum()), len(tone_rows))
-    return {"texts": len(gate_rows), "precision": precision["value"], "precision_interval": [precision["low"], precision["high"]],
+    return {"texts": len(gate_rows), "perplexity_host": None if host is None else host.name, "precision": precision["value"], "precision_interval": [precision["low"], precision["high"]],
             "recall": recall["value"], "recall_interval": [recall["low"], recall["high"]],
             "label_accuracy": float((gated == truth).mean()),
             "wrong": [{"text": row["text"], "label": row["label"], "gate": label} for row, label in zip(gate_rows, gated)
@@ -247,7 +250,7 @@ def instrument_claims(judge_measure: dict, gate_measure: dict, analysis) -> list
     split): (4) the judge reads the tone of answers (`judge_eval`: accuracy at least
     `analysis.judge_min_accuracy`, every label's recall at least `analysis.judge_min_recall`);
     (5) the fluency gate finds degenerate text (`gate_eval`: precision and recall at least
-    `analysis.gate_min_precision` and `gate_min_recall`)."""
+    `analysis.gate_min_precision` and `gate_min_recall`; it says whether the gate used perplexity)."""
     j, g = judge_measure, gate_measure
     return [
         Claim("4", "The judge reads the tone of answers",
@@ -261,5 +264,7 @@ def instrument_claims(judge_measure: dict, gate_measure: dict, analysis) -> list
               f"On {g['texts']} held-out texts: precision {g['precision']:.3f} [{g['precision_interval'][0]:.2f}, "
               f"{g['precision_interval'][1]:.2f}], recall {g['recall']:.3f} [{g['recall_interval'][0]:.2f}, "
               f"{g['recall_interval'][1]:.2f}] (each needs {analysis.gate_min_precision:g} / {analysis.gate_min_recall:g}); "
-              f"{g['tone_false_degenerate']:.1%} of {g['tone_texts']} fluent tone texts called degenerate."),
+              f"{g['tone_false_degenerate']:.1%} of {g['tone_texts']} fluent tone texts called degenerate; "
+              + (f"perplexity under {g['perplexity_host']} is part of the gate." if g.get("perplexity_host")
+                 else "perplexity is not part of the gate (no host given).")),
     ]
