@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from .host import Host
@@ -155,9 +157,6 @@ def text_nll(host: "Host", texts: list[str], batch_size: int = 32) -> np.ndarray
     """Each text's mean next-token negative log-likelihood under `host` (nats per token; the log of
     its perplexity), every token predicted from the document start and the tokens before it, with
     no prompt and no hook: one plain forward pass per batch. Returns [n]; NaN for an empty text."""
-    import torch
-    import torch.nn.functional as F
-
     tokenizer, start = host.tokenizer, _document_start(host.tokenizer)
     encoded = [[start] + tokenizer(str(text), add_special_tokens=False)["input_ids"] for text in texts]
     result = np.full(len(texts), np.nan)

@@ -151,7 +151,7 @@ def test_layer_subset_arms_are_read_against_arm_a_on_the_same_runs():
     spec = {"base": {}, "arms": {"A": {"objective": "paper_code"}, "B": {"objective": "fixed"},
                                   **{name: {"objective": "paper_code", "injected_layers": layers} for name, layers in LAYER_SUBSETS.items()}},
             "replicated": ["A"], "emotions": ["anger", "sadness"], "seeds": [0, 1]}
-    with_subsets = replace(profile, mechanism=spec)
+    with_subsets = replace(profile, mechanism=spec, tone_arm=None)
     assert subset_arms(with_subsets) == list(LAYER_SUBSETS)
     arms = arm_profiles(with_subsets)
     results = [subset_result("A", 0, 507), subset_result("A", 1, 507), subset_result("B", 0, 9),

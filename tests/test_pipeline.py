@@ -166,5 +166,5 @@ def test_metrics_sections_are_checked_against_the_schema(tmp_path):
         update_metrics(path, "03_generations", {"judge_cv_accuracy": 0.8, "prompts": 4, "per_emotion": [row], "alpha_sweep": []})
     assert not path.exists()  # nothing written by a refused section
     update_metrics(path, "03_generations", {"judge_cv_accuracy": 0.8, "prompts": 4, "alpha_sweep": [],
-                                            "per_emotion": [row | {"perplexity_ratio": 1.5}]})
+                                            "per_emotion": [row | {"perplexity_ratio": 1.5, "flagged_runs": "ok"}]})
     assert "Summary:" in pipeline.summary_lines(json.loads(path.read_text()))
