@@ -33,6 +33,7 @@ judge's probe where the judge is used), and says so (`gate_eval`'s `perplexity_h
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .host import cache_dir
 
 if TYPE_CHECKING:
     from .host import Host
@@ -156,7 +160,55 @@ def _document_start(tokenizer) -> int:
 def text_nll(host: "Host", texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Each text's mean next-token negative log-likelihood under `host` (nats per token; the log of
     its perplexity), every token predicted from the document start and the tokens before it, with
-    no prompt and no hook: one plain forward pass per batch. Returns [n]; NaN for an empty text."""
+    no prompt and no hook: one plain forward pass per batch. Returns [n]; NaN for an empty text.
+
+    Texts read before by the same host (its name, dtype and device type, this torch) come from a
+    cache on disk (`_NllCache`): the gate reads the same evaluation texts and base-host answers in
+    several notebooks."""
+    cache = _NllCache(host)
+    result = np.asarray([cache.get(str(text)) for text in texts], dtype=float)
+    missing = [i for i in range(len(texts)) if np.isnan(result[i])]
+    if missing:
+        result[missing] = text_nll_uncached(host, [str(texts[i]) for i in missing], batch_size)
+        cache.update({str(texts[i]): result[i] for i in missing})
+    return result
+
+
+class _NllCache:
+    """{text: NLL} of one host, in one JSON file under the cache directory, keyed by a hash of each
+    text. Written atomically after merging with what another process may have written meanwhile:
+    a lost entry is read again, a torn file is never read."""
+
+    def __init__(self, host: "Host"):
+        key = json.dumps([host.name, str(host.model.dtype), host.device.type, torch.__version__, _document_start(host.tokenizer)])
+        self.path = cache_dir() / "gate" / f"nll-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        self.values = self._load()
+
+    def _load(self) -> dict[str, float]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):  # absent or damaged: the texts are read again
+            return {}
+
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def get(self, text: str) -> float:
+        value = self.values.get(self._key(text))
+        return float("nan") if value is None else float(value)
+
+    def update(self, read: dict[str, float]) -> None:
+        fresh = {self._key(text): float(value) for text, value in read.items() if np.isfinite(value)}  # an empty text stays NaN
+        if not fresh:
+            return
+        self.values = self._load() | self.values | fresh
+        with atomic_path(self.path) as temporary:
+            temporary.write_text(json.dumps(self.values))
+
+
+def text_nll_uncached(host: "Host", texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """`text_nll` without the cache: [n] mean next-token NLL under `host`, NaN for an empty text."""
     tokenizer, start = host.tokenizer, _document_start(host.tokenizer)
     encoded = [[start] + tokenizer(str(text), add_special_tokens=False)["input_ids"] for text in texts]
     result = np.full(len(texts), np.nan)

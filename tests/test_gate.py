@@ -4,11 +4,14 @@ embedded host."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from irmlib.data import load_alignment, load_judge, load_judge_eval, rewrite_of
-from irmlib.gate import GateRules, gate_reason, gate_text, gate_texts, order_gain, text_nll
+from irmlib.gate import GateRules, gate_reason, gate_text, gate_texts, order_gain, text_nll, text_nll_uncached
 
 
 @pytest.mark.parametrize("text, label", [
@@ -61,13 +64,35 @@ SHORT_ANSWERS = ["Waterloo.", "A: Paris", "Lake Baikal.", "The answer is: Ottawa
 @pytest.mark.slow
 def test_text_nll_is_the_same_alone_and_in_a_batch(embedded_host):
     texts = ["Paris.", SENTENCES[1], SALAD, ""]
-    together = text_nll(embedded_host, texts, batch_size=4)
-    alone = [text_nll(embedded_host, [text])[0] for text in texts]
+    together = text_nll_uncached(embedded_host, texts, batch_size=4)  # the forward passes themselves, not the cache
+    alone = [text_nll_uncached(embedded_host, [text], batch_size=4)[0] for text in texts]
     assert np.isnan(together[3]) and np.isnan(alone[3])  # an empty text has no token to predict
     np.testing.assert_allclose(together[:3], alone[:3], rtol=1e-4)
     sentence = SENTENCES[0]
     reversed_words = " ".join(reversed(sentence.split()))
     assert 0 < text_nll(embedded_host, [sentence])[0] < text_nll(embedded_host, [reversed_words])[0]
+
+
+@pytest.mark.slow
+def test_text_nll_reads_a_text_once_per_host_then_from_the_cache(embedded_host, tmp_path, monkeypatch):
+    monkeypatch.setenv("IRM_CACHE_DIR", str(tmp_path))
+    texts = ["Paris.", SALAD, ""]
+    first = text_nll(embedded_host, texts)
+    assert list((tmp_path / "gate").glob("nll-*.json")), "the values are kept on disk"
+
+    class NoModel(torch.nn.Module):  # the host's dtype, no forward pass: every value must come from the cache
+        dtype = embedded_host.model.dtype
+
+        def forward(self, **inputs):
+            raise AssertionError("read again although cached")
+
+    cached_host = SimpleNamespace(name=embedded_host.name, device=embedded_host.device, tokenizer=embedded_host.tokenizer, model=NoModel())
+    again = text_nll(cached_host, texts)
+    np.testing.assert_array_equal(again[:2], first[:2])
+    assert np.isnan(again[2])  # an empty text is never cached, and has nothing to read
+    other = SimpleNamespace(name="another host", device=embedded_host.device, tokenizer=embedded_host.tokenizer, model=NoModel())
+    with pytest.raises(AssertionError, match="read again"):
+        text_nll(other, texts)  # another host's reading is not this one's
 
 
 @pytest.mark.slow
