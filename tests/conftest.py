@@ -134,9 +134,10 @@ JUDGE_NOTEBOOKS = ("01_data", "03_sample_generations", "05_lm_head_probing", "06
 
 JUDGE_CACHE_SCRIPT = """
 from irmlib.judge import default_judge
+from irmlib.profile import load_profile
 from irmlib.studies.data_sheet import gate_eval
 
-judge = default_judge()
+judge = default_judge(load_profile("smoke").analysis.gate_rules())  # the smoke notebooks' gate
 for split in ("test", "fresh"):
     gate_eval(judge, split=split, host=judge.base_host)
 """
@@ -146,8 +147,8 @@ def start_judge_cache(background: "Background") -> None:
     """Fit the judge once in a process of its own, so the texts it is fitted on are read into the
     reader's cache (irmlib.judge.HostReader.cached) before the jobs that fit it again: fitted at
     once from a cold cache, each would read them all (minutes on 2 cores). It also reads notebook
-    01's held-out gate texts under the base host into the gate's cache (irmlib.gate.text_nll), so
-    01, run in the pipeline and alone, reads them from there."""
+    01's held-out gate texts under the base host, with the smoke profile's gate, into the gate's
+    cache (irmlib.gate.text_nll), so 01, run in the pipeline and alone, reads them from there."""
     if JUDGE_CACHE not in background.jobs:
         command = [sys.executable, "-c", JUDGE_CACHE_SCRIPT]
         background.submit(JUDGE_CACHE, lambda: background.run(command, cwd=Path(__file__).parent.parent))
