@@ -33,6 +33,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
     `perplexity`, `distinct_2`, `gate`, `too_short`. variant: the runs read (runs.run_name's
     variant: "" for notebook 02's, "armB" for arm B's); the others are left out.
     """
+    flags = flags or {}
     records = []
     for emotion in emotions:
         for mode, part in scored.groupby("mode"):
@@ -51,8 +52,8 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
                        "too_short_irm": float(irm.too_short.mean()) if len(irm) else float("nan"),
                        "perplexity_ratio": record["median_perplexity_irm"] / record["median_perplexity_base"],
                        "text": text_quality(irm.gate, rules), "n_irm": len(irm),
-                       "flagged_runs": "; ".join(f"{model}: {(flags or {}).get(model, 'ok')}" for model in dict.fromkeys(irm.model)
-                                          if (flags or {}).get(model, "ok") != "ok") or "ok"}
+                       "flagged_runs": "; ".join(f"{model}: {flags[model]}" for model in dict.fromkeys(irm.model)
+                                          if flags.get(model, "ok") != "ok") or "ok"}
             records.append(record)
     return pd.DataFrame(records)
 

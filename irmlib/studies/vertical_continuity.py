@@ -6,6 +6,7 @@ baseline, and the notebook's claims."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -206,7 +207,7 @@ def claims(table: pd.DataFrame, trained: Sequence[str], shuffled: Sequence[str],
     flagged = flagged or {}
     if flagged:
         left_out = f" Left out as flagged: {flagged}."
-        found[0] = Claim(found[0].number, found[0].statement, found[0].verdict, found[0].evidence + left_out)
+        found[0] = replace(found[0], evidence=found[0].evidence + left_out)
     if trained and all(name in flagged for name in trained):
-        found = [Claim(c.number, c.statement, NOT_TESTED, f"Every run is flagged, so none is evidence. {c.evidence}") for c in found]
+        found = [replace(c, verdict=NOT_TESTED, evidence=f"Every run is flagged, so none is evidence. {c.evidence}") for c in found]
     return found
