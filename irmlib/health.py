@@ -108,6 +108,19 @@ def flag_label(flags: dict) -> str:
     return ", ".join(key.replace("_", " ") for key in ("unstable", "host_damaged") if flags[key]) or "ok"
 
 
+def is_evidence(flag: str) -> bool:
+    """Whether a run with this `flag_label` counts as evidence: neither unstable nor host damaged
+    (a run not measured does not count either)."""
+    return flag == "ok"
+
+
+def flagged_runs(flags: dict[str, str], names) -> str:
+    """"ok", or "run: flag; ..." for the runs among `names` (in their order) whose flag (`flags`:
+    {run name: flag_label}; a name it lacks, such as "base", is not a run) makes them no evidence."""
+    return "; ".join(f"{name}: {flags[name]}" for name in dict.fromkeys(names)
+                     if name in flags and not is_evidence(flags[name])) or "ok"
+
+
 def index_settled(tracking: pd.DataFrame, window: float) -> dict:
     """Whether a run's dominant index held at the end: the tracker's dominant index is the same at
     every tracked step in the last `window` share of the run's steps (analysis.settled_window).

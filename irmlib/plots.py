@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from .atomic import atomic_path
+from .health import is_evidence
 
 DPI = 150
 
@@ -165,7 +166,7 @@ def metric_curves(tracking, host_yardstick: float | None = None) -> plt.Figure:
     vertical_continuity and, where measured, yardstick, output_rms_ratio and flag.
     """
     metrics = [m for m in CURVE_METRICS if m[0] in tracking and tracking[m[0]].notna().any()]
-    flagged = tracking["flag"].ne("ok") if "flag" in tracking else pd.Series(False, index=tracking.index)
+    flagged = ~tracking["flag"].map(is_evidence) if "flag" in tracking else pd.Series(False, index=tracking.index)
     groups = [(label, part) for label, part in (("runs that count", tracking[~flagged]), ("flagged runs, not pooled", tracking[flagged]))
               if len(part)]
     fig, axes = plt.subplots(len(groups), len(metrics), figsize=(4 * len(metrics), 3.6 * len(groups)), sharex=True, squeeze=False)

@@ -191,7 +191,8 @@ def test_alpha_table_and_ends_keep_an_alpha_whose_generations_are_all_empty():
     assert np.isnan(table.loc[("anger", 2.0), "p_target"])
     ends = generations.alpha_ends(table).loc["anger"]
     assert ends.alpha_last == 2.0 and np.isnan(ends.p_target_last) and ends.scored_last == 0, "not alpha 1's value"
-    assert ends.largest_scored_alpha == 1.0
+    assert ends.largest_scored_alpha == 1.0 and ends.flag == "ok"
+    assert generations.alpha_ends(table, {"anger": "host damaged"}).loc["anger", "flag"] == "host damaged"
 
 
 # ----- 04 -----
@@ -294,6 +295,9 @@ def test_lm_head_claims():
     nothing = by_number(lm_head.claims({"index": None, "striated": [], "source": "no run is striated"}, kl, ablation_rows(-0.3), masked, None,
                                        20, 20))
     assert nothing["1"] == NOT_TESTED and nothing["2, anger"] == NOT_TESTED
+    flagged = lm_head.claims(probed, kl, ablation_rows(-0.3), masked, 3, 20, 10, {"anger": "host damaged"})
+    assert by_number(flagged)["2, anger"] == NOT_TESTED and "flagged host damaged: not evidence" in flagged[1].evidence
+    assert by_number(lm_head.claims(probed, kl, ablation_rows(-0.3), masked, 3, 20, 10, {"anger": "ok"}))["2, anger"] == HELD
 
 
 # ----- 06 -----

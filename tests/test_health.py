@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from train_tiny import run, tiny_rows
 
-from irmlib.health import index_settled, make_probe, not_first_tokens, run_flags, yardstick_loss
+from irmlib.health import flagged_runs, index_settled, is_evidence, make_probe, not_first_tokens, run_flags, yardstick_loss
 from irmlib.inject import inject
 from irmlib.irm import IRM, IRMConfig, load_irm
 from irmlib.precision import choose_precision
@@ -86,6 +86,13 @@ def test_the_flags_follow_the_stated_margins():
     assert flags([1.0, 1.0, 1.0], end=3.99)["host_damaged"] is False
     unmeasured = run_flags({"initial_val_loss": 1.0}, pd.DataFrame({"step": [1]}), ANALYSIS)
     assert unmeasured["unstable"] is None and unmeasured["host_damaged"] is None
+
+
+def test_only_an_unflagged_measured_run_is_evidence():
+    assert is_evidence("ok") and not any(map(is_evidence, ("host damaged", "unstable", "unstable, host damaged", "not measured")))
+    flags = {"a-seed0": "ok", "b-seed0": "host damaged", "c-seed0": "not measured"}
+    assert flagged_runs(flags, ["base", "b-seed0", "a-seed0", "c-seed0", "b-seed0"]) == "b-seed0: host damaged; c-seed0: not measured"
+    assert flagged_runs(flags, ["base", "a-seed0"]) == "ok"
 
 
 def test_settled_means_the_final_index_held_over_the_last_window():

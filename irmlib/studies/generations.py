@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..claims import Claim, NOT_TESTED, fmt, verdict
 from ..gate import GateRules
+from ..health import flagged_runs
 from ..host import Host
 from ..judge import EmotionJudge
 from ..irm import IRM, load_irm
@@ -52,8 +53,7 @@ def alignment_summary(scored: pd.DataFrame, emotions: tuple[str, ...], min_score
                        "too_short_irm": float(irm.too_short.mean()) if len(irm) else float("nan"),
                        "perplexity_ratio": record["median_perplexity_irm"] / record["median_perplexity_base"],
                        "text": text_quality(irm.gate, rules), "n_irm": len(irm),
-                       "flagged_runs": "; ".join(f"{model}: {flags[model]}" for model in dict.fromkeys(irm.model)
-                                          if flags.get(model, "ok") != "ok") or "ok"}
+                       "flagged_runs": flagged_runs(flags, irm.model)}
             records.append(record)
     return pd.DataFrame(records)
 
@@ -118,10 +118,12 @@ def alpha_table(sweep: pd.DataFrame, min_scored: int) -> pd.DataFrame:
     return table
 
 
-def alpha_ends(table: pd.DataFrame) -> pd.DataFrame:
+def alpha_ends(table: pd.DataFrame, run_flags: dict[str, str] | None = None) -> pd.DataFrame:
     """Per emotion, the sweep at its smallest and largest alpha, read at those alphas (an empty
-    largest alpha shows as NaN with scored 0, never replaced by an earlier alpha), and the
-    largest alpha with enough scored texts."""
+    largest alpha shows as NaN with scored 0, never replaced by an earlier alpha), the largest
+    alpha with enough scored texts, and `flag`: the swept run's (run_flags: {emotion: flag label};
+    a flagged run is shown, not evidence)."""
+    run_flags = run_flags or {}
     rows = {}
     for emotion, group in table.groupby(level="emotion", sort=False):
         group = group.droplevel("emotion").sort_index()
@@ -129,8 +131,9 @@ def alpha_ends(table: pd.DataFrame) -> pd.DataFrame:
         usable = group[group.enough]
         rows[emotion] = {"alpha_first": group.index[0], "p_target_first": first.p_target, "median_perplexity_first": first.median_perplexity,
                          "alpha_last": group.index[-1], "p_target_last": last.p_target, "median_perplexity_last": last.median_perplexity,
-                         "scored_last": int(last.scored), "largest_scored_alpha": usable.index.max() if len(usable) else float("nan")}
-    return pd.DataFrame(rows).T
+                         "scored_last": int(last.scored), "largest_scored_alpha": usable.index.max() if len(usable) else float("nan"),
+                         "flag": run_flags.get(emotion, "ok")}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def side_by_side(generations: pd.DataFrame, index: str, columns: str, order: list | None = None, width: int = 80) -> pd.DataFrame:

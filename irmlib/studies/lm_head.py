@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..claims import Claim, fmt, plural, verdict
 from ..generate import capture_irm_outputs
+from ..health import is_evidence
 from ..host import Host
 from ..inject import layer_output, replace_layer_output
 from ..irm import load_irm
@@ -180,7 +181,7 @@ def retrain_masked(host: Host, judge: EmotionJudge, profile, emotion: str, seed:
 
 
 def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_table: pd.DataFrame, spread_rank: int | None,
-           hidden: int, min_scored: int) -> list[Claim]:
+           hidden: int, min_scored: int, run_flags: dict[str, str] | None = None) -> list[Claim]:
     """Notebook 05's claims: (1) nudging the probed index moves the next token more than every
     random index does, at the largest nudge (not tested without a probed index); (2) per emotion,
     masking the run's dominant index at inference lowers the target probability (the paired
@@ -189,7 +190,9 @@ def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_
     by analysis.striated_share_ratio: the mask itself guarantees the index is another).
 
     kl_table: mean KL by probe label (rows) and nudge size (columns); ablation: rows of
-    `masking_ablation`; masked_table: one row per emotion of `retrain_masked`."""
+    `masking_ablation`; masked_table: one row per emotion of `retrain_masked`; run_flags: {emotion:
+    the flag of the run ablated (irmlib.health.flag_label)}: a flagged run's claim 2 is not tested."""
+    run_flags = run_flags or {}
     found = []
     if probed["index"] is None:
         found.append(Claim("1", "Nudging the dominant index moves the next token more than a random index", verdict(None),
@@ -210,9 +213,12 @@ def claims(probed: dict, kl_table: pd.DataFrame, ablation: pd.DataFrame, masked_
             masked = part[part.condition == condition]
             mean, low, high = paired_change(masked, unmasked, "p_target")
             rows[condition] = (mean, change_verdict(low, high, paired_scored(masked, unmasked, "p_target"), min_scored))
-        held = None if rows["dominant masked"][1].startswith("not tested") else rows["dominant masked"][1] == "lowered"
+        flag = run_flags.get(emotion, "ok")
+        held = (None if rows["dominant masked"][1].startswith("not tested") or not is_evidence(flag)
+                else rows["dominant masked"][1] == "lowered")
         found.append(Claim(f"2, {emotion}", f"Masking the {emotion} IRM's dominant index at inference lowers p({emotion})", verdict(held),
-                           f"Change against the unmasked IRM: dominant masked {fmt(rows['dominant masked'][0], signed=True)} "
+                           ("" if is_evidence(flag) else f"The run is flagged {flag}: not evidence. ")
+                           + f"Change against the unmasked IRM: dominant masked {fmt(rows['dominant masked'][0], signed=True)} "
                            f"({rows['dominant masked'][1]}), a random index masked {fmt(rows['random masked'][0], signed=True)} "
                            f"({rows['random masked'][1]})."))
     for emotion, row in masked_table.iterrows():

@@ -15,7 +15,7 @@ from scipy.stats import binom
 
 from .. import runs
 from ..claims import Claim, NOT_TESTED, fmt, plural, verdict
-from ..health import Probe
+from ..health import Probe, is_evidence
 from ..host import Host
 from ..index_effect import EffectRules, carries_effect, dominant_index_effect, effect_table
 from ..inject import Injection
@@ -240,8 +240,8 @@ def layer_subset_claim(table: pd.DataFrame, hidden: int) -> Claim:
     `layer_subset_summary` (the subset arms and the all-layer reference) has one dominant index.
     Not tested with fewer than two arms' unflagged runs. Chance: a random index per run matches a
     given one with probability 1 / hidden."""
-    kept = table[table.flag == "ok"] if len(table) else table
-    named = "; ".join(f"{run} (layers {row.layers}): {row.dominant_index}" + ("" if row.flag == "ok" else f", {row.flag}, not counted")
+    kept = table[table.flag.map(is_evidence)] if len(table) else table
+    named = "; ".join(f"{run} (layers {row.layers}): {row.dominant_index}" + ("" if is_evidence(row.flag) else f", {row.flag}, not counted")
                       for run, row in table.iterrows()) if len(table) else "no layer-subset arm ran"
     tested = len(kept) > 1 and kept.arm.nunique() > 1
     same = tested and kept.dominant_index.nunique() == 1
@@ -263,7 +263,7 @@ def effect_claim(effects: pd.DataFrame, much: float) -> Claim:
     """(6) In every unflagged run the dominant index carries the IRM's effect: masking it keeps at
     most 1 - `much` of the IRM's next-token distribution (irmlib.index_effect.carries_effect).
     `effects`: `run_effects`; flagged runs are not evidence."""
-    kept = effects[effects.flag == "ok"] if len(effects) else effects
+    kept = effects[effects.flag.map(is_evidence)] if len(effects) else effects
     held, evidence_text = carries_effect(kept, much, "unflagged run")
     return Claim("6", f"In every unflagged run the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
                       f"of the IRM's next-token distribution)", verdict(held), evidence_text)
@@ -272,7 +272,7 @@ def effect_claim(effects: pd.DataFrame, much: float) -> Claim:
 def evidence(results: list[dict]) -> tuple[list[dict], list[dict]]:
     """The runs that count as an arm's evidence (neither unstable nor host-damaged: flag "ok") and
     the others, shown apart and never pooled."""
-    return [r for r in results if r["flag"] == "ok"], [r for r in results if r["flag"] != "ok"]
+    return [r for r in results if is_evidence(r["flag"])], [r for r in results if not is_evidence(r["flag"])]
 
 
 def arm_summary(results: list[dict], hidden: int, k: int = 5) -> dict:
@@ -331,7 +331,7 @@ def representative_runs(results: list[dict], emotion: str) -> dict[str, dict]:
     for arm in dict.fromkeys(r["arm"] for r in results):
         own = [r for r in results if r["arm"] == arm]
         of_emotion = [r for r in own if r["emotion"] == emotion] or own
-        chosen[arm] = next((r for r in of_emotion if r["flag"] == "ok"), of_emotion[0])
+        chosen[arm] = next((r for r in of_emotion if is_evidence(r["flag"])), of_emotion[0])
     return chosen
 
 
@@ -424,7 +424,7 @@ def claims(per_arm: dict[str, dict], predicted: dict[str, int], ranks: pd.DataFr
                            f"{result['p_value']:.3g}); median rank {result['median_rank']:g} against chance's {result['chance_median_rank']:g}."))
     for name, row in tone[tone.verdict != "base"].iterrows():
         flag = row.get("flag", "ok")
-        flagged = isinstance(flag, str) and flag != "ok"  # a flagged run is not evidence, whatever its text
+        flagged = isinstance(flag, str) and not is_evidence(flag)  # a flagged run is not evidence, whatever its text
         held = None if flagged or str(row.verdict).startswith(NOT_TESTED) else bool(row.verdict == "raised" and row.text == "fluent")
         found.append(Claim(f"4, {name}", f"{name}'s IRM raises the target emotion in fluent text", verdict(held),
                            (f"Run {row.run} is flagged {flag}: not evidence. " if flagged else "")

@@ -34,7 +34,7 @@ import pandas as pd
 
 from .. import index_effect, runs
 from ..claims import NOT_TESTED, Claim, fmt, verdict
-from ..health import Probe
+from ..health import Probe, is_evidence
 from ..host import Host
 from ..index_effect import EffectRules, carries_effect, dominant_index_effect
 from ..irm import load_irm
@@ -160,7 +160,7 @@ def recommendation(table: pd.DataFrame) -> dict:
     emotion in fluent text, the one with the largest change; where none did, none is recommended
     for tone, and the unflagged cell with the highest rate is named (None
     where no cell stayed unflagged). table: `run_cell` rows with their tone, by cell name."""
-    ok = table[table.flag == "ok"]
+    ok = table[table.flag.map(is_evidence)]
     aligned = ok[(ok.get("verdict") == "raised") & (ok.get("text") == "fluent")] if "verdict" in ok else ok.iloc[:0]
     if len(aligned):
         best = aligned.p_target_change.astype(float).idxmax()
@@ -184,7 +184,7 @@ def claims(table: pd.DataFrame, long: dict | None, ratio: float, effects: pd.Dat
     cell's row, or None where it did not run; effects: `effect_table` of the stable cells."""
     cells = pd.concat([table, pd.DataFrame([long]).set_index("cell")]) if long is not None else table
     stable = cells[cells.unstable.eq(False)]  # None (not measured) is not stable
-    ok = cells[cells.flag == "ok"]
+    ok = cells[cells.flag.map(is_evidence)]
 
     def listing(rows: pd.DataFrame) -> str:
         return "; ".join(f"{name} ({row.flag}; index share {row.index_share:.2f} vs layer share {row.layer_share:.2f}, "

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import runs
 from ..claims import Claim, verdict
+from ..health import is_evidence
 from ..host import Host
 from ..index_effect import EffectRules, carries_effect, dominant_index_effect
 from ..irm import load_irm
@@ -92,7 +93,7 @@ def effect_claim(effects: pd.DataFrame, health: pd.DataFrame, much: float) -> Cl
     """Notebook 02's claim 3: in every unflagged run the dominant index carries the IRM's effect
     (masking it keeps at most 1 - `much` of the IRM's next-token distribution). effects:
     irmlib.index_effect.effect_table of `run_effects`; health: `health_table` (its flags)."""
-    kept = effects[health.loc[effects.index, "flag"] == "ok"] if len(effects) else effects
+    kept = effects[health.loc[effects.index, "flag"].map(is_evidence)] if len(effects) else effects
     held, evidence = carries_effect(kept, much, "unflagged run")
     flagged = effects.index.difference(kept.index)
     return Claim("3", f"In every unflagged run the dominant index carries the IRM's effect (masking it keeps at most {1 - much:g} "
@@ -141,7 +142,7 @@ def health_claim(health: pd.DataFrame, analysis) -> Claim:
     whose yardstick ended more than analysis.host_damaged_margin nats above the host's. Not tested
     where no run's health was measured. health: `health_table`."""
     measured = health[health.flag != "not measured"]
-    flagged = measured[measured.flag != "ok"]
+    flagged = measured[~measured.flag.map(is_evidence)]
     evidence = "; ".join(f"{run} {row.flag}: yardstick {row.yardstick_host:.3f} (host) -> {row.yardstick_end:.3f}, own validation "
                          f"loss {row.initial_val_loss:.3f} -> {row.last_val_loss:.3f}" for run, row in measured.iterrows())
     return Claim("2", f"Every run trained without a flag (stable, yardstick within {analysis.host_damaged_margin:g} nats of the host's)",

@@ -18,6 +18,7 @@ from steering_vectors import train_steering_vector
 from ..claims import NOT_TESTED, Claim, fmt, plural, verdict
 from ..data import as_datasets
 from ..generate import CapturedOutputs, capture_irm_outputs
+from ..health import is_evidence
 from ..host import Host
 from ..irm import IRM, IRMConfig
 from ..residual import host_hidden_states, host_ranks
@@ -58,7 +59,7 @@ def evidence_runs(names: Sequence[str], flags: dict[str, str]) -> tuple[list[str
     """The runs the claims read and the flagged ones ({name: flag}, irmlib.profile_runs.flags_of_runs):
     runs flagged unstable or host damaged are shown, never pooled. Where every run is flagged,
     all are read (so the tables and figures still show them) and `claims` says not tested."""
-    flagged = {name: flags[name] for name in names if flags.get(name, "ok") != "ok"}
+    flagged = {name: flags[name] for name in names if not is_evidence(flags.get(name, "ok"))}
     kept = [name for name in names if name not in flagged]
     return (kept or list(names)), flagged
 
