@@ -2,8 +2,9 @@
 
 It reads a text the way the embedded host (SmolLM2-135M-Instruct, whatever host a profile
 trains) reads it when asked for its feeling: the text followed by `JUDGE_PROMPT`, through the
-host's first `JUDGE_LAYER` decoder layers, averaged over every token but the first (which holds
-the host's massive activation). A logistic regression on those states is fitted on data/judge
+host's first `JUDGE_LAYER` decoder layers, the residual state averaged twice: over every token but
+the first (which holds the host's massive activation), and over the prompt's own tokens, which have
+read the text in order to name its feeling. A logistic regression on those states is fitted on data/judge
 (posts, diaries, narration, messages, remarks, reviews and short answers) and on the dev split of
 data/judge_eval/tone.jsonl (answers in the host's register); the test split of that file measures
 it (`irmlib.studies.data_sheet.judge_eval`, `scripts/measure_instruments.py`, data/judge_eval/README.md).
@@ -33,7 +34,7 @@ from .host import Host, cache_dir, load_host
 from .inject import layer_output
 
 JUDGE_PROMPT = "\nThe feeling in this answer, in one word:"
-JUDGE_LAYER = 12  # of the embedded host's 30; chosen on the dev split (data/judge_eval/README.md)
+JUDGE_LAYER = 16  # of the embedded host's 30; chosen on the dev split (data/judge_eval/README.md)
 JUDGE_C = 0.03  # inverse L2 strength of the logistic regressions on standardised states
 NUMBERED_LIST = re.compile(r"(?:^|\s)\d+[.)]\s+\S+.*\s\d+[.)]\s")  # "1) solid 2) liquid"
 
@@ -43,17 +44,24 @@ class _Reached(Exception):
 
 
 class HostReader:
-    """The embedded host's reading of texts: `[n, hidden]` mean residual states after layer
-    `layer`, over the tokens of text + JUDGE_PROMPT after the first. A host of its own, float32
-    on the CPU, so no profile's host, precision or IRM hook ever touches the judge."""
+    """The embedded host's reading of texts: `[n, 2 * hidden]`, the residual states after layer
+    `layer` of text + JUDGE_PROMPT, averaged over its tokens after the first, then (the second
+    `hidden` columns) over the prompt's tokens (those that start after the text; a token that
+    straddles the two is the text's). A host of its own, float32 on the CPU, so no profile's host,
+    precision or IRM hook ever touches the judge."""
 
     def __init__(self, host: Host | None = None, layer: int = JUDGE_LAYER):
         self.host = host or load_host(device="cpu", dtype=torch.float32)
         self.layer = layer
 
+    @property
+    def width(self) -> int:
+        """Columns of a reading: the two averages of a hidden state."""
+        return 2 * self.host.model.config.hidden_size
+
     @torch.inference_mode()
     def __call__(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        tokenizer, states = self.host.tokenizer, np.zeros((len(texts), self.host.model.config.hidden_size), np.float32)
+        tokenizer, states = self.host.tokenizer, np.zeros((len(texts), self.width), np.float32)
         read: dict[str, torch.Tensor] = {}
 
         def stop(module, args, output):
@@ -66,14 +74,21 @@ class HostReader:
             order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths batch with little padding
             for start in range(0, len(texts), batch_size):
                 chosen = order[start:start + batch_size]
-                batch = tokenizer([texts[i] + JUDGE_PROMPT for i in chosen], return_tensors="pt", padding=True)
+                batch = tokenizer([texts[i] + JUDGE_PROMPT for i in chosen], return_tensors="pt", padding=True,
+                                  return_offsets_mapping=True)
+                starts = batch.pop("offset_mapping")[..., 0]
                 try:
                     self.host.model(**batch.to(self.host.device))
                 except _Reached:
                     pass
-                weights = batch["attention_mask"].unsqueeze(-1).float()
-                weights[:, 0] = 0.0
-                states[chosen] = ((read["h"].float() * weights).sum(1) / weights.sum(1)).cpu().numpy()
+                real = batch["attention_mask"].cpu().bool()
+                after_first = real.clone()
+                after_first[:, 0] = False
+                prompt = real & (starts >= torch.tensor([len(texts[i]) for i in chosen]).unsqueeze(1))
+                hidden = read["h"].float().cpu()
+                for columns, weights in ((slice(0, self.width // 2), after_first), (slice(self.width // 2, None), prompt)):
+                    weights = weights.unsqueeze(-1).float()
+                    states[chosen, columns] = ((hidden * weights).sum(1) / weights.sum(1)).numpy()
         finally:
             hook.remove()
             tokenizer.padding_side = saved_side
@@ -83,11 +98,11 @@ class HostReader:
         """`self(texts)`, kept on disk under the cache directory for the same host, layer, prompt,
         torch version and texts: the judge's training texts (2,104, and as many shuffled) are read
         once per machine (about 100 s on 2 cores), not once per notebook."""
-        key = json.dumps([self.host.name, self.layer, JUDGE_PROMPT, torch.__version__, texts])
+        key = json.dumps([self.host.name, self.layer, "text and prompt means", JUDGE_PROMPT, torch.__version__, texts])
         path = cache_dir() / "judge" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
         try:
             states = np.load(path)
-            if states.shape == (len(texts), self.host.model.config.hidden_size):
+            if states.shape == (len(texts), self.width):
                 return states
         except (OSError, ValueError):  # absent or damaged: read the texts again
             pass
@@ -146,7 +161,7 @@ class EmotionJudge:
         the rules: fitted on prose, the probe reads "1) solid 2) liquid 3) gas" as shuffled."""
         rules = self.rules
         labels = gate_texts(texts, rules, host)
-        states = np.zeros((len(texts), self.reader.host.model.config.hidden_size), np.float32)
+        states = np.zeros((len(texts), self.reader.width), np.float32)
         read = [i for i, label in enumerate(labels) if label == "fluent"]
         if read:
             states[read] = self.reader([texts[i] for i in read])
