@@ -1,10 +1,10 @@
 """Measure the emotion judge and the fluency gate on the test split of data/judge_eval, and on its
-fresh set (tone_fresh.jsonl, gate_fresh.jsonl: held out from everything, read once).
+fresh set (tone_fresh.jsonl, gate_fresh.jsonl: held out from every choice; each reading is counted in the datasheet).
 
     python scripts/measure_instruments.py      prints the judge's and the gate's measures as JSON
 
 The numbers in data/judge_eval/README.md ("The judge and the gate after the change" and "A fresh
-set, read once") are this script's output: `irmlib.judge.default_judge()` (fitted on data/judge and
+set, read once" and "The judge's third revision: sadness") are this script's output: `irmlib.judge.default_judge()` (fitted on data/judge and
 the dev split), scored by `irmlib.studies.data_sheet.judge_eval` and `gate_eval` (the gate with the
 perplexity of the embedded host the judge reads with). The top-level
 "judge" and "gate" are the test split's; "fresh" holds the fresh set's, with accuracy by source and
