@@ -24,7 +24,7 @@ METRICS_SCHEMA: dict[str, dict] = {
                                                 "p_target_change_low", "p_target_change_high", "verdict", "perplexity_ratio", "flagged_runs")}},
     "04_vertical_continuity": {"keys": ("runs", "shared_dominant_index", "flagged_runs", "host_massive_index", "index_share_mean",
                                         "layer_share_mean", "vertical_continuity_mean", "steering")},
-    "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "training_ablation", "nudge_kl", "logit_spread_ranks")},
+    "05_lm_head_probing": {"keys": ("overall_dominant", "inference_ablation", "inference_ablation_run_flags", "training_ablation", "nudge_kl", "logit_spread_ranks")},
     "06_mechanism": {"keys": ("arms", "runs", "tone", "predictions", "prediction_sets", "host_side", "layer_subsets",
                               "dominant_index_effect")},
     # Notebook 07 runs with a profile of its own: its section is in figures/regime/metrics.json.

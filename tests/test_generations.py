@@ -9,6 +9,7 @@ import torch
 
 from irmlib.claims import HELD, NOT_HELD, NOT_TESTED
 from irmlib.profile import load_profile
+from irmlib.profile_runs import flags_of_runs
 from irmlib.studies.generations import alignment_summary, alpha_sweep, claims, recipe_summary, side_by_side, tone_irms
 
 
@@ -69,8 +70,6 @@ def test_the_tone_arm_trains_the_runs_notebook_06_reads(embedded_host, smoke_roo
     irms = tone_irms(embedded_host, profile, profile_rows(profile))
     assert list(irms) == [f"{e}-seed0-armB" for e in profile.emotions]
     assert all((run_dir(profile, e, 0, "armB") / "done.json").exists() for e in profile.emotions)
-    from irmlib.profile_runs import flags_of_runs
-
     flags = flags_of_runs(profile, ["base", *irms])  # read from the runs' files; "base" is no run
     assert list(flags) == list(irms) and all(isinstance(flag, str) and flag for flag in flags.values())
     with pytest.raises(ValueError, match="prompt format"):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from irmlib.judge import HostReader, shuffled_words
+from irmlib.judge import JUDGE_PROMPT, HostReader, shuffled_words
 
 ANGRY = [
     "1981, and it's the Great Red Spot, and I'm sick of people saying it's not there!",
@@ -48,6 +49,21 @@ def test_the_salad_probe_tells_a_sentence_from_its_words_shuffled(judge):
     shuffled = [shuffled_words(s, random.Random(1)) for s in sentences]
     p = judge.salad.predict_proba(judge.reader(sentences + shuffled))[:, 1]
     assert (p[:3] < 0.5).all() and (p[3:] > p[:3]).all(), p
+
+
+@pytest.mark.slow
+def test_the_reader_averages_the_text_and_apart_the_prompt_tokens(judge):
+    reader, text = judge.reader, "Mars once had rivers; all that is left are dry channels."
+    tokenizer, model = reader.host.tokenizer, reader.host.model
+    encoded = tokenizer(text + JUDGE_PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**encoded, output_hidden_states=True).hidden_states[reader.layer][0].float()
+    prompt_tokens = len(tokenizer(JUDGE_PROMPT, add_special_tokens=False)["input_ids"])
+    half = reader.width // 2
+    states = reader([text, "Paris."])  # batched with a shorter text: its padding is not averaged
+    np.testing.assert_allclose(states[0, :half], hidden[1:].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(states[0, half:], hidden[-prompt_tokens:].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(states[0, :half], states[0, half:], atol=1e-2)
 
 
 @pytest.mark.slow

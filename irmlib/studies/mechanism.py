@@ -352,8 +352,8 @@ def arm_tone(host: Host, judge: EmotionJudge, irms: dict[str, object], arms: dic
         tables.append(table.rename(index={"base": f"base ({prompt_format})"}).assign(prompt_format=prompt_format))
     tone = pd.concat(tables)
     if shown_runs is not None:
-        tone["run"] = [shown_runs[name.removeprefix("arm ")][0] if name.startswith("arm ") else "" for name in tone.index]
-        tone["flag"] = [shown_runs[name.removeprefix("arm ")][1] if name.startswith("arm ") else "" for name in tone.index]
+        shown = [shown_runs[name.removeprefix("arm ")] if name.startswith("arm ") else ("", "") for name in tone.index]
+        tone["run"], tone["flag"] = [run for run, _ in shown], [flag for _, flag in shown]
     return tone
 
 
